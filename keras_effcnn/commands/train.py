@@ -1,0 +1,82 @@
+"""``keras-effcnn train RECIPE``: train a recipe, evaluate its final epoch, save everything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from keras_effcnn.commands import add_data_args
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a recipe and save model, history, curves and results",
+                              description="Train a recipe (a registered name or a recipe .json file). Writes "
+                              "model.keras, model.weights.h5, history.json, results.json and curves.png to --out.")
+    p.add_argument("recipe", help="recipe name (e.g. mnist_1500, cifar10_140k) or a recipe .json file")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-seedS)")
+    p.add_argument("--export", choices=("none", "float", "int8"), default="none",
+                   help="also export a .tflite file after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_data_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_effcnn import recipes
+    from keras_effcnn.plots import plot_history
+
+    recipe = recipes.resolve(args.recipe)
+    changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("batch_size", args.batch_size))
+               if v is not None}
+    recipe = recipe.replace(**changes)
+    out = Path(args.out or f"runs/{recipe.name}-seed{recipe.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    recipe.to_json(out / "recipe.json")
+
+    model = recipes.build(recipe)
+    result = recipes.fit(model, args.data_dir, subset=args.subset, source=args.source,
+                         verbose=0 if args.quiet else "auto")
+    model.save(out / "model.keras")
+    model.save_weights(out / "model.weights.h5")
+    (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+    summary = result.to_dict()
+    summary.pop("history")
+    summary.update(command=" ".join(["keras-effcnn", "train", args.recipe] + _flags(args)), commit=_git_commit())
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_history(result.history, out / "curves.png", title=f"{recipe.name} (seed {recipe.seed})")
+    print(f"{recipe.name}: final-epoch test accuracy {result.test_accuracy:.4f} "
+          f"({result.params['trainable']:,} params, {result.macs:,} MACs, {result.wall_time_s:.0f} s) -> {out}")
+
+    if args.export != "none":
+        from keras_effcnn import data, export
+
+        quantize = None if args.export == "float" else "int8"
+        rep = data.representative_images(recipe.dataset, args.data_dir) if quantize else None
+        path = out / f"model{'' if quantize is None else '_int8'}.tflite"
+        report = export.to_tflite(model, path, quantize=quantize, representative_data=rep,
+                                  labels=data.DATASETS[recipe.dataset].label_names)
+        print(f"exported {path} ({report.size_bytes:,} bytes)")
+    return 0
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for name in ("epochs", "seed", "batch_size", "subset", "data_dir", "out"):
+        value = getattr(args, name)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,0 +1,507 @@
+"""Recipes: a zoo model plus every training choice, returned as one compiled model.
+
+A :class:`Recipe` reads like one row of the paper's phase table: which model,
+which optimizer and learning-rate schedule, which augmentations, which of label
+smoothing, SWA and SAM. :func:`build` turns it into a compiled ``keras.Model``
+that carries the recipe as ``model.training_plan``; :func:`fit` (or
+``model.training_plan.fit(model)``) then trains the whole recipe on the real data
+and evaluates the final epoch on the test set.
+
+Example:
+
+```python
+import keras_effcnn
+model = keras_effcnn.recipes.mnist_1500()            # compiled, with its plan
+result = keras_effcnn.recipes.fit(model, data_dir="../shared/data")
+result.test_accuracy                                  # final-epoch test accuracy
+```
+
+Every recipe is plain data (``Recipe.to_json`` / ``Recipe.from_json``), so a
+KerasTuner search can write its best trial as a recipe file that
+``keras-effcnn train best.json`` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import keras
+
+from keras_effcnn import models
+
+_DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+_TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+_SCHEDULES = ("constant", "onecycle", "cyclic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything needed to train one model, as plain serialisable data.
+
+    Args:
+        name: recipe name (``keras-effcnn train NAME``).
+        dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+        model: a zoo builder name (``keras_effcnn.models.list_models()``).
+        model_options: keyword options for the builder.
+        epochs: training epochs.
+        batch_size: examples per step.
+        optimizer: ``"sgd"`` (Nesterov momentum), ``"adam"`` or ``"adamw"``.
+        learning_rate: the peak rate (one-cycle, cyclic) or the constant rate.
+        schedule: ``"onecycle"`` (Smith 2018), ``"cyclic"`` (Smith 2017, triangular2) or ``"constant"``.
+        schedule_options: extra options for the schedule (e.g. ``pct_start``).
+        momentum: SGD momentum.
+        weight_decay: decoupled weight decay (not applied to BatchNorm and biases).
+        label_smoothing: epsilon of the smoothed cross-entropy.
+        crop_padding: random-crop padding in pixels (0 disables the crop).
+        flip: random horizontal flips.
+        mixup_alpha: Beta(alpha, alpha) of Mixup (0 disables it).
+        cutout_length: side of the Cutout square (0 disables it).
+        swa_start: fraction of the epochs after which SWA starts averaging (None disables SWA).
+        sam_rho: SAM neighbourhood radius (0 disables SAM).
+        sam_adaptive: adaptive SAM (ASAM).
+        validation_split: fraction of the training set held out for validation.
+        seed: seed for weights, data order and augmentation.
+        description: one line for tables.
+    """
+
+    name: str
+    dataset: str
+    model: str
+    model_options: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    schedule: str = "onecycle"
+    schedule_options: dict = dataclasses.field(default_factory=dict)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    crop_padding: int = 0
+    flip: bool = False
+    mixup_alpha: float = 0.0
+    cutout_length: int = 0
+    swa_start: float | None = None
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False
+    validation_split: float = 0.0
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self):
+        _check(self.dataset in _DATASET_CLASSES, "dataset", self.dataset, f"one of {sorted(_DATASET_CLASSES)}")
+        _check(self.model in models.list_models(), "model", self.model, f"one of {models.list_models()}")
+        _check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.optimizer in _OPTIMIZERS, "optimizer", self.optimizer, f"one of {_OPTIMIZERS}")
+        _check(self.schedule in _SCHEDULES, "schedule", self.schedule, f"one of {_SCHEDULES}")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "[0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "[0, 1)")
+        _check(self.crop_padding >= 0, "crop_padding", self.crop_padding, ">= 0")
+        _check(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha, ">= 0 (0 disables Mixup)")
+        _check(self.cutout_length >= 0, "cutout_length", self.cutout_length, ">= 0 (0 disables Cutout)")
+        _check(self.swa_start is None or 0 <= self.swa_start < 1, "swa_start", self.swa_start,
+               "a fraction of the epochs in [0, 1), or None")
+        _check(self.sam_rho >= 0, "sam_rho", self.sam_rho, ">= 0 (0 disables SAM)")
+        _check(0 <= self.validation_split < 1, "validation_split", self.validation_split, "[0, 1)")
+
+    # -- plain data ---------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}; allowed: {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**data)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> "Recipe":
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text()
+        return cls.from_dict(json.loads(text))
+
+    # -- derived ------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return _DATASET_CLASSES[self.dataset]
+
+    def steps_per_epoch(self, train_size: int | None = None) -> int:
+        n = _TRAIN_SIZES[self.dataset] if train_size is None else train_size
+        n = n - int(round(n * self.validation_split)) if train_size is None else n
+        return max(1, math.ceil(n / self.batch_size))
+
+    def fit(self, model: keras.Model, data_dir: str | os.PathLike | None = None, **kwargs) -> "TrainResult":
+        """Trains ``model`` with this recipe; see :func:`fit`."""
+        return fit(model, data_dir, recipe=self, **kwargs)
+
+
+def _check(ok: bool, arg: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{arg}={value!r} is not allowed: {arg} must be {allowed}")
+
+
+# ----------------------------------------------------------------------------- build / compile
+
+
+def learning_rate_schedule(recipe: Recipe, steps_per_epoch: int, epochs: int | None = None):
+    """The recipe's learning rate: a float or a serialisable schedule over the whole run."""
+    from keras_effcnn import schedules
+
+    total = steps_per_epoch * (epochs or recipe.epochs)
+    opts = dict(recipe.schedule_options)
+    if recipe.schedule == "constant":
+        return recipe.learning_rate
+    if recipe.schedule == "onecycle":
+        return schedules.OneCycle(max_lr=recipe.learning_rate, total_steps=total, **opts)
+    # Smith's triangular2 policy, half-cycles of two epochs by default.
+    opts.setdefault("base_lr", recipe.learning_rate / 10)
+    opts.setdefault("step_size", 2 * steps_per_epoch)
+    opts.setdefault("mode", "triangular2")
+    return schedules.CyclicalLearningRate(max_lr=recipe.learning_rate, **opts)
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int | None = None) -> keras.optimizers.Optimizer:
+    lr = learning_rate_schedule(recipe, steps_per_epoch, epochs)
+    wd = recipe.weight_decay or None
+    if recipe.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0, weight_decay=wd)
+    elif recipe.optimizer == "adam":
+        opt = keras.optimizers.Adam(lr)
+    else:
+        opt = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+    if wd:
+        # BatchNorm scales/offsets and biases are not decayed (standard practice; decaying them hurts small nets).
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+def compile_model(model: keras.Model, recipe: Recipe, steps_per_epoch: int | None = None,
+                  epochs: int | None = None) -> keras.Model:
+    """(Re)compiles ``model`` with the recipe's optimizer, schedule, loss and metrics."""
+    steps = steps_per_epoch or recipe.steps_per_epoch()
+    model.compile(
+        optimizer=make_optimizer(recipe, steps, epochs),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=False,  # XLA runs depthwise convolutions 4-8x slower on CPU
+    )
+    model._effcnn_compiled_for = (steps, epochs or recipe.epochs)
+    return model
+
+
+def build(recipe: Recipe | str | os.PathLike, weights: str | os.PathLike | None = None) -> keras.Model:
+    """Builds and compiles the recipe's model; ``model.training_plan`` is the recipe.
+
+    Args:
+        recipe: a :class:`Recipe`, a registered recipe name, or a recipe JSON file.
+        weights: ``None``; a shipped weight name (``"mnist"``, ``"cifar10"``, see
+            :func:`pretrained_weights`); or a ``.weights.h5`` / ``.keras`` path.
+    """
+    recipe = resolve(recipe)
+    keras.utils.set_random_seed(recipe.seed)
+    model = models.build(recipe.model, num_classes=recipe.num_classes, **recipe.model_options)
+    if recipe.sam_rho > 0:
+        from keras_effcnn.sam import SAMModel
+
+        model = SAMModel.from_model(model, rho=recipe.sam_rho, adaptive=recipe.sam_adaptive)
+    compile_model(model, recipe)
+    model.training_plan = recipe
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def augmentations(recipe: Recipe) -> list[Callable]:
+    """The recipe's batched train-time augmentations, in application order."""
+    from keras_effcnn import augment
+
+    fns: list[Callable] = []
+    if recipe.crop_padding or recipe.flip:
+        fns.append(augment.random_crop_flip(padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed))
+    if recipe.cutout_length:
+        fns.append(augment.cutout(recipe.cutout_length, seed=recipe.seed + 1))
+    if recipe.mixup_alpha:
+        fns.append(augment.mixup(recipe.mixup_alpha, seed=recipe.seed + 2))
+    return fns
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`fit` measured: the history, final-epoch test metrics and wall time."""
+
+    recipe: Recipe
+    history: dict[str, list[float]]
+    test: dict[str, float]
+    wall_time_s: float
+    epochs: int
+    params: dict[str, int]
+    macs: int
+
+    @property
+    def test_accuracy(self) -> float:
+        return float(self.test["accuracy"])
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe.to_dict(), "history": self.history, "test": self.test,
+                "wall_time_s": self.wall_time_s, "epochs": self.epochs, "params": self.params, "macs": self.macs}
+
+
+def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe: Recipe | None = None,
+        epochs: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: Any = "auto",
+        subset: int | None = None, source: str = "auto") -> TrainResult:
+    """Trains ``model`` with its recipe on the real data, then evaluates on the test set.
+
+    Args:
+        model: a model from :func:`build` (or any model, with ``recipe`` given).
+        data_dir: directory with the ``.npz`` datasets; None uses
+            ``KERAS_EFFCNN_DATA_DIR`` or downloads (see ``keras_effcnn.data``).
+        recipe: overrides ``model.training_plan``.
+        epochs: overrides the recipe's epochs (the LR schedule is re-fitted to it).
+        callbacks: extra Keras callbacks.
+        verbose: Keras ``fit`` verbosity (progress bars by default).
+        subset: train on the first ``subset`` training images only (quick runs).
+        source: data source, see ``keras_effcnn.data.load``.
+
+    Returns:
+        A :class:`TrainResult`; ``test`` holds the final epoch's test metrics,
+        never a selected epoch's.
+    """
+    from keras_effcnn import data
+
+    recipe = recipe or getattr(model, "training_plan", None)
+    if recipe is None:
+        raise ValueError("model has no training_plan; build it with keras_effcnn.recipes.build or pass recipe=")
+    epochs = int(epochs or recipe.epochs)
+    _check(epochs >= 1, "epochs", epochs, ">= 1")
+    splits = data.load(recipe.dataset, data_dir, batch_size=recipe.batch_size,
+                       validation_split=recipe.validation_split, seed=recipe.seed,
+                       augment=augmentations(recipe), subset=subset, source=source)
+    _check_input_shape(model, splits.info.input_shape)
+    steps = splits.info.steps_per_epoch if hasattr(splits.info, "steps_per_epoch") else None
+    steps = steps or math.ceil(splits.info.counts["train"] / recipe.batch_size)
+    if getattr(model, "_effcnn_compiled_for", None) != (steps, epochs):
+        compile_model(model, recipe, steps, epochs)
+    cbs = list(technique_callbacks(recipe, epochs, splits.train)) + list(callbacks)
+    start = time.perf_counter()
+    history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose)
+    test = model.evaluate(splits.test, return_dict=True, verbose=0)
+    wall = time.perf_counter() - start
+    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return TrainResult(recipe, hist, {k: float(v) for k, v in test.items()}, wall, epochs,
+                       models.count_params(model), models.count_macs(model))
+
+
+def technique_callbacks(recipe: Recipe, epochs: int, train_data) -> Iterable[keras.callbacks.Callback]:
+    """Callbacks a recipe needs for its techniques (SWA)."""
+    if recipe.swa_start is not None:
+        from keras_effcnn.callbacks import SWA
+
+        # SWA averages over the low-LR tail of the one-cycle schedule and recomputes BN statistics.
+        yield SWA(start_epoch=min(epochs - 1, int(recipe.swa_start * epochs)), bn_data=train_data, verbose=0)
+
+
+def _check_input_shape(model: keras.Model, input_shape: Sequence[int]) -> None:
+    expected = tuple(model.input_shape[1:])
+    if tuple(input_shape) != expected:
+        raise ValueError(f"the data has images of shape {tuple(input_shape)} but the model expects {expected}; "
+                         "build the model for this dataset (models.build(..., input_shape=...))")
+
+
+# ----------------------------------------------------------------------------- weights
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_PRETRAINED = {"mnist": ("mnist_1500", "mnist_1500.weights.h5"), "cifar10": ("cifar10_140k", "cifar10_140k.weights.h5")}
+
+
+def pretrained_weights(name: str) -> Path:
+    """Path of a shipped weight file (``"mnist"`` or ``"cifar10"``)."""
+    if name not in _PRETRAINED:
+        raise ValueError(f"unknown pretrained weights {name!r}; shipped: {sorted(_PRETRAINED)}")
+    path = WEIGHTS_DIR / _PRETRAINED[name][1]
+    if not path.exists():
+        raise FileNotFoundError(f"shipped weights {path.name} are missing from this installation ({path})")
+    return path
+
+
+def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
+    path = pretrained_weights(str(weights)) if str(weights) in _PRETRAINED else Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".keras":
+        source = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model.set_weights(source.get_weights())
+    else:
+        model.load_weights(path)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+_RECIPES: dict[str, Callable[[], Recipe]] = {}
+
+
+def register_recipe(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
+    _RECIPES[fn.__name__] = fn
+    return fn
+
+
+def list_recipes() -> list[str]:
+    return list(_RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The :class:`Recipe` registered under ``name``."""
+    if name not in _RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {list_recipes()} or pass a recipe .json file")
+    return _RECIPES[name]()
+
+
+def resolve(recipe: Recipe | str | os.PathLike) -> Recipe:
+    """A Recipe from a Recipe, a registered name, or a JSON file path."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    text = str(recipe)
+    if text in _RECIPES:
+        return get_recipe(text)
+    if text.endswith(".json") or Path(text).is_file():
+        return Recipe.from_json(text)
+    return get_recipe(text)
+
+
+def get(name: str) -> Callable[..., keras.Model]:
+    """A builder ``(weights=None, **changes) -> compiled model`` for a registered recipe."""
+    recipe = resolve(name)
+
+    def builder(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
+        return build(recipe.replace(**changes) if changes else recipe, weights=weights)
+
+    builder.__name__ = recipe.name
+    return builder
+
+
+# ----------------------------------------------------------------------------- the recipes
+
+# MNIST: the paper's phases, each adding one nut or bolt. Phases 1-5 are cumulative
+# (architecture, then the cyclical schedule); phases 6-10 each add one training
+# technique to phase 5 so their effect is measured alone; the combination is mnist_1500.
+_MNIST_BASE = dict(dataset="mnist", epochs=15, batch_size=128, optimizer="sgd", learning_rate=0.05,
+                   weight_decay=0.0, crop_padding=0)
+
+
+@register_recipe
+def mnist_phase1_baseline() -> Recipe:
+    return Recipe(name="mnist_phase1_baseline", model="paper_mnist",
+                  model_options=dict(depthwise=False, gap_head=False), schedule="constant",
+                  description="plain 3x3 convs, flatten + dense head, constant LR", **_MNIST_BASE)
+
+
+@register_recipe
+def mnist_phase2_depthwise_gap() -> Recipe:
+    return mnist_phase1_baseline().replace(name="mnist_phase2_depthwise_gap", model_options={},
+                                           description="+ depthwise-separable convs and a GAP head")
+
+
+@register_recipe
+def mnist_phase3_blurpool() -> Recipe:
+    return mnist_phase2_depthwise_gap().replace(name="mnist_phase3_blurpool", model_options=dict(blurpool=True),
+                                                description="+ BlurPool anti-aliased downsampling")
+
+
+@register_recipe
+def mnist_phase4_se() -> Recipe:
+    return mnist_phase3_blurpool().replace(name="mnist_phase4_se", model="effcnn_mnist",
+                                           model_options=dict(se_ratio=0.25),
+                                           description="+ squeeze-and-excitation (our block layout)")
+
+
+@register_recipe
+def mnist_phase5_cyclical_lr() -> Recipe:
+    return mnist_phase4_se().replace(name="mnist_phase5_cyclical_lr", schedule="onecycle", learning_rate=0.2,
+                                     description="+ one-cycle learning rate")
+
+
+@register_recipe
+def mnist_phase6_mixup() -> Recipe:
+    return mnist_phase5_cyclical_lr().replace(name="mnist_phase6_mixup", mixup_alpha=0.2, description="phase 5 + Mixup")
+
+
+@register_recipe
+def mnist_phase7_cutout() -> Recipe:
+    return mnist_phase5_cyclical_lr().replace(name="mnist_phase7_cutout", cutout_length=8, description="phase 5 + Cutout")
+
+
+@register_recipe
+def mnist_phase8_label_smoothing() -> Recipe:
+    return mnist_phase5_cyclical_lr().replace(name="mnist_phase8_label_smoothing", label_smoothing=0.1,
+                                              description="phase 5 + label smoothing")
+
+
+@register_recipe
+def mnist_phase9_swa() -> Recipe:
+    return mnist_phase5_cyclical_lr().replace(name="mnist_phase9_swa", swa_start=0.75, description="phase 5 + SWA")
+
+
+@register_recipe
+def mnist_phase10_sam() -> Recipe:
+    return mnist_phase5_cyclical_lr().replace(name="mnist_phase10_sam", sam_rho=0.05, description="phase 5 + SAM")
+
+
+def _mnist_1500_recipe() -> Recipe:
+    return Recipe(name="mnist_1500", dataset="mnist", model="effcnn_mnist", epochs=30, batch_size=128,
+                  optimizer="sgd", learning_rate=0.2, schedule="onecycle", weight_decay=5e-5, crop_padding=2,
+                  label_smoothing=0.05, swa_start=None,
+                  description="the combination: <=1,500 params, BlurPool, one-cycle, shifts, label smoothing")
+
+
+def _cifar10_140k_recipe() -> Recipe:
+    return Recipe(name="cifar10_140k", dataset="cifar10", model="effcnn_cifar10", epochs=30, batch_size=128,
+                  optimizer="sgd", learning_rate=0.2, schedule="onecycle", weight_decay=5e-4, crop_padding=4,
+                  flip=True, label_smoothing=0.1,
+                  description="the combination: <=140K params, BlurPool, SE, one-cycle, crop+flip, label smoothing")
+
+
+def _paper_cifar10_recipe() -> Recipe:
+    return Recipe(name="paper_cifar10", dataset="cifar10", model="paper_cifar10", epochs=30, batch_size=128,
+                  optimizer="sgd", learning_rate=0.2, schedule="onecycle", weight_decay=5e-4, crop_padding=4,
+                  flip=True, label_smoothing=0.1, description="the paper's CIFAR-10 net with its training recipe")
+
+
+_RECIPES["mnist_1500"] = _mnist_1500_recipe
+_RECIPES["cifar10_140k"] = _cifar10_140k_recipe
+_RECIPES["paper_cifar10"] = _paper_cifar10_recipe
+
+
+def mnist_1500(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
+    """Our <=1,500-parameter MNIST recipe as a compiled model (``weights="mnist"`` loads the shipped weights)."""
+    return get("mnist_1500")(weights=weights, **changes)
+
+
+def cifar10_140k(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
+    """Our <=140,000-parameter CIFAR-10 recipe as a compiled model (``weights="cifar10"`` loads the shipped weights)."""
+    return get("cifar10_140k")(weights=weights, **changes)

@@ -1,0 +1,75 @@
+"""The zoo: parameter counts as documented, MACs against hand formulas, one signature."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from keras_effcnn import models
+
+# The counts the docs state (trainable parameters, the paper's convention).
+DOCUMENTED_PARAMS = {
+    "paper_mnist": 1_560,  # equals the paper's PyTorch count
+    "paper_cifar10": 143_018,  # the paper reports 143,396
+    "effcnn_mnist": 1_494,
+    "effcnn_cifar10": 135_550,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_PARAMS))
+def test_parameter_counts_match_docs(name):
+    model = models.build(name)
+    counts = models.count_params(model)
+    assert counts["trainable"] == DOCUMENTED_PARAMS[name]
+    assert counts["total"] == model.count_params()
+
+
+def test_budgets():
+    assert models.count_params(models.build("effcnn_mnist"))["trainable"] <= 1_500
+    assert models.count_params(models.build("effcnn_cifar10"))["trainable"] <= 140_000
+
+
+def test_registry_lists_every_documented_model():
+    assert set(DOCUMENTED_PARAMS) <= set(models.list_models())
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_PARAMS))
+def test_one_signature(name):
+    spec = models.get_spec(name)
+    channels = 1 if spec.dataset == "mnist" else 3
+    model = models.build(name, input_shape=(36, 36, channels), num_classes=7)
+    out = model(np.random.default_rng(0).random((2, 36, 36, channels), dtype=np.float32), training=False)
+    assert tuple(out.shape) == (2, 7)
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_macs_match_hand_formula():
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3, padding="valid", use_bias=False)(inputs)  # 8x8x8 out, 3*3*3 per output
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)  # 8x8x8 out, 9 per output
+    x = keras.layers.Conv2D(4, 1, strides=2, use_bias=False)(x)  # 4x4x4 out, 8 per output
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5)(x)  # 4*5
+    model = keras.Model(inputs, outputs)
+    expected = 8 * 8 * 8 * 27 + 8 * 8 * 8 * 9 + 4 * 4 * 4 * 8 + 4 * 5
+    assert models.count_macs(model) == expected
+
+
+def test_paper_mnist_phases_change_the_count_as_the_formula_says():
+    base = models.count_params(models.build("paper_mnist"))["trainable"]
+    full = models.count_params(models.build("paper_mnist", depthwise=False))["trainable"]
+    # Each of the four DW+PW units becomes a full 3x3 conv: 9*cin*cout instead of 9*cin + cin*cout.
+    units = [(8, 12), (8, 12), (12, 16), (12, 15)]
+    assert full - base == sum(9 * a * b - (9 * a + a * b) for a, b in units)
+    blur = models.count_params(models.build("paper_mnist", blurpool=True))["trainable"]
+    assert blur == base  # BlurPool adds no parameters
+
+
+def test_unknown_model_and_bad_shapes():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build("resnet9000")
+    with pytest.raises(ValueError, match="input_shape"):
+        models.build("effcnn_mnist", input_shape=(28, 28))
+    with pytest.raises(ValueError, match="num_classes"):
+        models.build("effcnn_mnist", num_classes=1)
