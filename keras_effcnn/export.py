@@ -484,6 +484,12 @@ def _flatbuffer_ops(flatbuffer: bytes) -> list[str]:
     return sorted(names)
 
 
+def input_shape(path: str | Path) -> tuple[int | None, ...]:
+    """Input shape of a ``.tflite`` file, ``None`` for a dynamic (batch) dimension."""
+    shape = _io_details(path)[0][0].shape
+    return tuple(None if d < 0 else d for d in shape)
+
+
 def model_ops(path: str | Path) -> list[str]:
     """Sorted builtin op names of a ``.tflite`` file (``"DEPTHWISE_CONV_2D"``...)."""
     return _flatbuffer_ops(Path(path).read_bytes())
@@ -554,7 +560,10 @@ def _explain_failure(model, error: Exception, configure, quantize) -> ExportErro
         how = "converting each layer alone"
         for chain in _probe_layers(model, configure, quantize):
             found.setdefault("/".join(layer.name for layer in chain), _describe(chain))
-    first_line = next((line for line in message.splitlines() if "error" in line), message[:300])
+    said = re.search(r"'tf\.\w+' op [^\n]*", message)
+    first_line = said.group(0) if said else next(
+        (line for line in message.splitlines() if "error" in line), message[:300]
+    )
     if found:
         text = (
             f"TFLite conversion with builtin ops only failed in layer(s) "
@@ -851,6 +860,7 @@ __all__ = [
     "read_labels",
     "embedded_metadata",
     "model_ops",
+    "input_shape",
     "quantize_input",
     "dequantize_output",
 ]

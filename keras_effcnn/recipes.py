@@ -304,8 +304,7 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
                        validation_split=recipe.validation_split, seed=recipe.seed,
                        augment=augmentations(recipe), subset=subset, source=source)
     _check_input_shape(model, splits.info.input_shape)
-    steps = splits.info.steps_per_epoch if hasattr(splits.info, "steps_per_epoch") else None
-    steps = steps or math.ceil(splits.info.counts["train"] / recipe.batch_size)
+    steps = splits.info.steps_per_epoch
     if getattr(model, "_effcnn_compiled_for", None) != (steps, epochs):
         compile_model(model, recipe, steps, epochs)
     cbs = list(technique_callbacks(recipe, epochs, splits.train)) + list(callbacks)

@@ -1,0 +1,128 @@
+"""``keras-effcnn export MODEL_OR_RECIPE``: write a ``.tflite`` file, its labels and a report.
+
+The model is a ``.keras`` file (loaded with ``safe_mode=True``) or a recipe
+name / recipe ``.json`` with ``--weights``. Int8 calibration draws
+``--num-calibration`` random images from the real training set; unless
+``--no-eval``, the file is then evaluated on the whole real test set against
+the Keras model (accuracy of both, the drop in percentage points, top-1
+agreement, single-thread latency, size). The report is printed and written as
+``<stem>.report.json`` and ``<stem>.report.md`` beside the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from keras_effcnn.commands import add_data_args
+
+_SHAPE_TO_DATASET = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", help="export to TFLite/LiteRT (builtin ops only) and evaluate the file",
+        description="Export a .keras model or a recipe's weights to a .tflite file with TFLite builtin ops only, "
+        "write <stem>.labels.txt beside it, evaluate it on the real test set and write "
+        "<stem>.report.json / <stem>.report.md.")
+    p.add_argument("model", metavar="MODEL_OR_RECIPE",
+                   help="a .keras file, or a recipe name / recipe .json (then --weights is required)")
+    p.add_argument("--weights", default=None,
+                   help="weights for a recipe: 'mnist', 'cifar10' or a .weights.h5 / .keras file")
+    p.add_argument("--quantize", default="int8", choices=("none", "float16", "dynamic", "int8"),
+                   help="none: float32; float16: half-size weights; dynamic: int8 weights, float activations; "
+                   "int8: full integer, calibrated on training images (default: int8)")
+    p.add_argument("--int8-io", default=None, choices=("int8", "uint8"),
+                   help="with --quantize int8: integer input/output tensors (default: float32 I/O)")
+    p.add_argument("--out", default=None,
+                   help="the .tflite file (default: <model stem or recipe>_<quantize>.tflite)")
+    p.add_argument("--dataset", default=None, choices=("mnist", "fashion_mnist", "cifar10"),
+                   help="dataset for calibration and evaluation (default: the recipe's, or guessed from the input shape)")
+    p.add_argument("--num-calibration", type=int, default=200,
+                   help="training images used to calibrate int8 ranges (default: 200)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation")
+    p.add_argument("--eval-images", type=int, default=None,
+                   help="evaluate on the first N test images only (default: the whole test set)")
+    p.add_argument("--latency-runs", type=int, default=100,
+                   help="single-image invokes timed for the median latency (default: 100)")
+    add_data_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from keras_effcnn import data, export
+
+    model, dataset = load_model(args.model, args.weights)
+    dataset = args.dataset or dataset or guess_dataset(tuple(model.input_shape[1:]))
+    quantize = None if args.quantize == "none" else args.quantize
+    out = Path(args.out or f"{_stem(args.model)}_{args.quantize}.tflite")
+
+    need_data = quantize == "int8" or not args.no_eval
+    if need_data:
+        (x_train, _), (x_test, y_test) = data.load_arrays(dataset, args.data_dir, source=args.source)
+    try:
+        report = export.to_tflite(
+            model, out, quantize=quantize,
+            representative_data=x_train if quantize == "int8" else None,
+            num_calibration=args.num_calibration, int8_io=args.int8_io,
+            labels=class_names(dataset), report=False,
+        )
+    except export.ExportError as error:
+        print(f"keras-effcnn export: {error}", file=sys.stderr)
+        return 1
+    if not args.no_eval:
+        if args.eval_images is not None:
+            x_test, y_test = x_test[: args.eval_images], y_test[: args.eval_images]
+        evaluation = export.evaluate_tflite(out, x_test, y_test, keras_model=model,
+                                            latency_runs=args.latency_runs)
+        report.evaluation = {"dataset": dataset, **evaluation}
+    json_path, md_path = report.write()
+    print(report.to_markdown())
+    print(f"wrote {out}, {report.labels_path}, {json_path}, {md_path}")
+    return 0
+
+
+def load_model(name: str, weights: str | None = None):
+    """A model from a ``.keras`` file or a recipe; returns ``(model, dataset or None)``.
+
+    Args:
+        name: a ``.keras`` path, a registered recipe name or a recipe ``.json``.
+        weights: required for recipes (``"mnist"``, ``"cifar10"`` or a file).
+    """
+    import keras
+
+    import keras_effcnn.layers  # noqa: F401  (registers the custom layers for safe loading)
+
+    path = Path(name)
+    if path.suffix == ".keras":
+        if not path.exists():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        return keras.saving.load_model(path, safe_mode=True, compile=False), None
+    try:
+        from keras_effcnn import recipes
+    except ImportError as error:
+        raise ValueError(f"{name!r} is not a .keras file and recipes are unavailable: {error}") from error
+    if weights is None:
+        raise ValueError(f"{name!r} is a recipe: pass --weights (e.g. --weights mnist) or a .keras file")
+    model = recipes.build(name, weights=weights)
+    return model, model.training_plan.dataset
+
+
+def guess_dataset(input_shape: tuple) -> str:
+    """``"mnist"`` for 28x28x1 inputs, ``"cifar10"`` for 32x32x3; else ``ValueError``."""
+    shape = tuple(int(d) for d in input_shape)
+    if shape not in _SHAPE_TO_DATASET:
+        raise ValueError(f"cannot tell the dataset from input shape {shape}; pass --dataset")
+    return _SHAPE_TO_DATASET[shape]
+
+
+def class_names(dataset: str) -> list[str]:
+    """The dataset's class names, in label order (they travel with the ``.tflite`` file)."""
+    from keras_effcnn import data
+
+    return list(data.DATASETS[dataset].label_names)
+
+
+def _stem(name: str) -> str:
+    return Path(name).stem if Path(name).suffix in (".keras", ".json") else name
