@@ -263,6 +263,7 @@ class TrainResult:
     epochs: int
     params: dict[str, int]
     macs: int
+    timeline: list[dict] | None = None
 
     @property
     def test_accuracy(self) -> float:
@@ -270,12 +271,20 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "history": self.history, "test": self.test,
-                "wall_time_s": self.wall_time_s, "epochs": self.epochs, "params": self.params, "macs": self.macs}
+                "wall_time_s": self.wall_time_s, "epochs": self.epochs, "params": self.params, "macs": self.macs,
+                "timeline": self.timeline}
+
+    def time_to(self, accuracy: float) -> float | None:
+        """Training seconds until the per-epoch test accuracy first reached ``accuracy`` (needs ``track_test``)."""
+        for record in self.timeline or ():
+            if record["test_accuracy"] >= accuracy:
+                return record["train_wall_s"]
+        return None
 
 
 def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe: Recipe | None = None,
         epochs: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: Any = "auto",
-        subset: int | None = None, source: str = "auto") -> TrainResult:
+        subset: int | None = None, source: str = "auto", track_test: bool = False) -> TrainResult:
     """Trains ``model`` with its recipe on the real data, then evaluates on the test set.
 
     Args:
@@ -288,6 +297,8 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
         verbose: Keras ``fit`` verbosity (progress bars by default).
         subset: train on the first ``subset`` training images only (quick runs).
         source: data source, see ``keras_effcnn.data.load``.
+        track_test: also record the test accuracy after every epoch, for
+            time-to-accuracy reports only (``TrainResult.timeline``).
 
     Returns:
         A :class:`TrainResult`; ``test`` holds the final epoch's test metrics,
@@ -308,13 +319,21 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
     if getattr(model, "_effcnn_compiled_for", None) != (steps, epochs):
         compile_model(model, recipe, steps, epochs)
     cbs = list(technique_callbacks(recipe, epochs, splits.train)) + list(callbacks)
+    timeline = None
+    if track_test:
+        from keras_effcnn.callbacks.timeline import TestTimeline
+
+        # Last, so that it sees the weights SWA installs at the end of its final epoch.
+        timeline = TestTimeline(splits.test)
+        cbs.append(timeline)
     start = time.perf_counter()
     history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose)
     test = model.evaluate(splits.test, return_dict=True, verbose=0)
     wall = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(recipe, hist, {k: float(v) for k, v in test.items()}, wall, epochs,
-                       models.count_params(model), models.count_macs(model))
+                       models.count_params(model), models.count_macs(model),
+                       timeline.records if timeline is not None else None)
 
 
 def technique_callbacks(recipe: Recipe, epochs: int, train_data) -> Iterable[keras.callbacks.Callback]:

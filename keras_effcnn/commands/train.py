@@ -22,6 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/RECIPE-seedS)")
     p.add_argument("--export", choices=("none", "float", "int8"), default="none",
                    help="also export a .tflite file after training")
+    p.add_argument("--track-test", action="store_true",
+                   help="record test accuracy after every epoch (time-to-accuracy report; never used for selection)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_data_args(p)
     return p
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = recipes.build(recipe)
     result = recipes.fit(model, args.data_dir, subset=args.subset, source=args.source,
-                         verbose=0 if args.quiet else "auto")
+                         verbose=0 if args.quiet else "auto", track_test=args.track_test)
     model.save(out / "model.keras")
     model.save_weights(out / "model.weights.h5")
     (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")

@@ -36,7 +36,7 @@ def latent_channels_for(channels: int, ratio: float, min_channels: int = 1) -> i
         >>> latent_channels_for(64, 0.25)
         16
     """
-    return max(min_channels, round(channels * ratio))
+    return max(min_channels, int(math.floor(channels * ratio + 0.5)))
 
 
 def _hard_sigmoid(x):
