@@ -327,7 +327,8 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
         timeline = TestTimeline(splits.test)
         cbs.append(timeline)
     start = time.perf_counter()
-    history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose)
+    history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose,
+                        shuffle=False)  # the pipeline reshuffles itself, seeded
     test = model.evaluate(splits.test, return_dict=True, verbose=0)
     wall = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
