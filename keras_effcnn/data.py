@@ -39,7 +39,6 @@ import os
 import socket
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -230,7 +229,11 @@ def _checked(
     require_uint8: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validates images/labels and returns them as ``(N, H, W, C)`` and ``(N,)`` or ``(N, K)``."""
-    input_shape = tuple(int(d) for d in input_shape)
+    check_int("num_classes", num_classes, 1)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in input_shape):
+        raise ValueError(f"`input_shape` must be (height, width, channels) of positive integers; "
+                         f"got {input_shape!r}")
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 0 or len(x) == 0:
@@ -295,7 +298,7 @@ def _checked(
     if out_of_range.any():
         i = int(np.argmax(out_of_range))
         _fail(error, where, f"labels must be in 0..{num_classes - 1}; found {int(out_of_range.sum())} "
-                            f"outside (e.g. {y[i]!r} at index {i}; range seen {y.min()!r}..{y.max()!r})")
+                            f"outside (e.g. {y[i]} at index {i}; range seen {y.min()}..{y.max()})")
     return x, y.astype(np.int64)
 
 
@@ -357,12 +360,16 @@ def _finish(spec: DatasetSpec, raw: dict[str, np.ndarray], where: str) -> Arrays
 @functools.lru_cache(maxsize=4)
 def _read_npz(path: str, name: str, _mtime_ns: int, _size: int) -> Arrays:
     # mtime and size are part of the cache key so that a replaced file is re-read.
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise DataFormatError(f"{path}: holds a single .npy array, not an .npz archive with keys "
+                              f"{', '.join(NPZ_KEYS)}")
+    if not zipfile.is_zipfile(path):
+        raise DataFormatError(f"{path}: not an .npz archive (no zip directory found): the file is "
+                              "truncated or in another format; copy or download it again")
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataFormatError(f"{path}: holds a single .npy array, not an .npz archive "
-                                  f"with keys {', '.join(NPZ_KEYS)}")
-        with archive:
+        with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in NPZ_KEYS if k not in archive.files]
             if missing:
                 raise DataFormatError(f"{path}: missing key(s) {', '.join(missing)}; found "
@@ -371,9 +378,9 @@ def _read_npz(path: str, name: str, _mtime_ns: int, _size: int) -> Arrays:
             raw = {k: archive[k] for k in NPZ_KEYS}
     except (DataFormatError, PermissionError):
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as e:
-        raise DataFormatError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e}); the "
-                              "file is truncated or corrupt: copy or download it again") from e
+    except Exception as e:  # zipfile, zlib, the .npy header parser and numpy all raise their own
+        raise DataFormatError(f"{path}: damaged .npz archive ({type(e).__name__}: {e}); the file "
+                              "is corrupt: copy or download it again") from e
     return _finish(DATASETS[name], raw, path)
 
 
@@ -634,7 +641,6 @@ def as_dataset(
     model.fit(ds, epochs=3)
     ```
     """
-    check_int("num_classes", num_classes, 2)
     augment = _check_pipeline_args(batch_size, augment, shuffle_buffer)
     x_arr = np.asarray(x)
     if input_shape is None:

@@ -35,4 +35,5 @@ def _seed_and_clear():
 
     keras.utils.set_random_seed(0)
     yield
-    keras.backend.clear_session()
+    # free_memory=False skips a gc.collect() that costs ~0.2 s per test on this machine.
+    keras.backend.clear_session(free_memory=False)
