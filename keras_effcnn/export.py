@@ -32,6 +32,7 @@ import json
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,12 @@ class ExportReport:
         int8_io: ``"int8"`` / ``"uint8"`` when integer I/O was requested.
         labels_path: the ``<stem>.labels.txt`` file, if labels were given.
         num_calibration: images used to calibrate ``"int8"`` ranges.
+        widened_tensors: int8 activations whose degenerate calibrated scale
+            was widened so that XNNPACK accepts the file (see
+            :func:`_widen_degenerate_scales`); usually dead-ReLU SE bottlenecks.
+        xnnpack: whether the file loads with LiteRT's default XNNPACK CPU
+            delegate (as on Android); ``False`` means it only runs on the
+            reference kernels.
         evaluation: the dict of :func:`evaluate_tflite` once run.
     """
 
@@ -109,6 +116,8 @@ class ExportReport:
     int8_io: str | None = None
     labels_path: str | None = None
     num_calibration: int | None = None
+    widened_tensors: list[str] = dataclasses.field(default_factory=list)
+    xnnpack: bool = True
     evaluation: dict[str, Any] | None = None
 
     @property
@@ -140,6 +149,9 @@ class ExportReport:
             lines.append(f"| calibration images | {self.num_calibration} |")
         if self.labels_path:
             lines.append(f"| labels | `{Path(self.labels_path).name}` |")
+        if self.widened_tensors:
+            lines.append(f"| widened int8 scales | {len(self.widened_tensors)} degenerate activation(s) |")
+        lines.append(f"| loads with XNNPACK | {'yes' if self.xnnpack else 'NO (reference kernels only)'} |")
         for key, value in (self.evaluation or {}).items():
             lines.append(f"| {key} | {_format_value(value)} |")
         return "\n".join(lines) + "\n"
@@ -183,6 +195,8 @@ def to_tflite(
     int8_io: str | None = None,
     labels: Sequence[str] | None = None,
     report: bool = True,
+    saved_model_dir: str | Path | None = None,
+    keep_tensor_names: bool = False,
 ) -> ExportReport:
     """Convert a Keras model to a ``.tflite`` file that uses builtin ops only.
 
@@ -212,6 +226,13 @@ def to_tflite(
         labels: class names, one per model output; their count must match
             the model's last output dimension.
         report: also write ``<stem>.report.json`` and ``<stem>.report.md``.
+        saved_model_dir: reuse this SavedModel of ``model`` (written by an
+            earlier call or by :func:`export_saved_model`) instead of exporting
+            a fresh one, to convert one model several ways cheaply.
+        keep_tensor_names: keep the names of intermediate tensors (useful to
+            debug quantization layer by layer). By default only the input and
+            output names and the signature survive: the names are ~20% of a
+            small model's file and play no part in inference.
 
     Returns:
         An :class:`ExportReport`.
@@ -268,6 +289,7 @@ def to_tflite(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    model = float32_model(model)
 
     calibration = None
     if quantize == "int8":
@@ -287,8 +309,10 @@ def to_tflite(
                 converter.inference_output_type = getattr(tf, int8_io)
 
     with tempfile.TemporaryDirectory(prefix="keras_effcnn_export_") as tmp:
+        if saved_model_dir is None:
+            saved_model_dir = export_saved_model(model, Path(tmp) / "saved_model")
         try:
-            flatbuffer = _convert(model, Path(tmp) / "saved_model", configure)
+            flatbuffer = _convert_saved_model(saved_model_dir, configure)
         except _ConversionFailed as failure:
             raise _explain_failure(model, failure.error, configure, quantize) from failure.error
 
@@ -296,8 +320,9 @@ def to_tflite(
     non_builtin = [op for op in ops if op.startswith("CUSTOM:")]
     if non_builtin:
         raise ExportError(f"converted model contains non-builtin ops {non_builtin}", ops=non_builtin)
-    if labels is not None:
-        flatbuffer = _embed_metadata(flatbuffer, LABELS_METADATA_NAME, "\n".join(labels) + "\n")
+    flatbuffer, widened = _finish_flatbuffer(
+        flatbuffer, labels, repair=quantize == "int8", strip_names=not keep_tensor_names
+    )
     path.write_bytes(flatbuffer)
 
     labels_path = None
@@ -316,7 +341,15 @@ def to_tflite(
         int8_io=int8_io,
         labels_path=None if labels_path is None else str(labels_path),
         num_calibration=None if calibration is None else len(calibration),
+        widened_tensors=widened,
+        xnnpack=_loads_with_xnnpack(path),
     )
+    if not result.xnnpack:
+        warnings.warn(
+            f"{path} does not load with LiteRT's default XNNPACK CPU delegate (Android's default); "
+            "it runs only on the reference kernels",
+            stacklevel=2,
+        )
     if report:
         result.write()
     return result
@@ -373,14 +406,96 @@ class _ConversionFailed(Exception):
         self.error = error
 
 
-def _convert(model: keras.Model, saved_model_dir: Path, configure) -> bytes:
-    """SavedModel export, then ``from_saved_model`` conversion."""
-    import tensorflow as tf
+_MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
+
+def _float32_config(value: Any) -> Any:
+    """A layer config with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "dtype" and _is_mixed_policy(item):
+                out[key] = "float32"
+            else:
+                out[key] = _float32_config(item)
+        return out
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    return value
+
+
+def _is_mixed_policy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _MIXED_POLICIES
+    if isinstance(value, dict):
+        return value.get("config", {}).get("name") in _MIXED_POLICIES
+    return False
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """``model`` itself if it computes in float32, else a float32 copy with the same weights.
+
+    TFLite builtin kernels compute in float32 (or integers): a model built under
+    ``mixed_float16`` traces float16 convolutions, which are no builtins. Its
+    variables are float32 already, so a float32 clone computes the same function
+    at full precision.
+
+    Args:
+        model: a functional or sequential Keras model.
+
+    Returns:
+        A model whose every layer computes in float32.
+
+    Raises:
+        ValueError: a mixed-precision subclassed model (it cannot be cloned).
+    """
+    if all(
+        layer.dtype_policy.compute_dtype == "float32"
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    ):
+        return model
+    previous = keras.config.dtype_policy()
+    # Sublayers created inside custom layers follow the global policy, not the config.
+    keras.config.set_dtype_policy("float32")
     try:
-        model.export(str(saved_model_dir), format="tf_saved_model", verbose=False)
+        clone = keras.models.clone_model(
+            model,
+            clone_function=lambda layer: type(layer).from_config(_float32_config(layer.get_config())),
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"`model` computes in {model.dtype_policy.name} and cannot be cloned to float32 for "
+            f"export ({error}); rebuild it under the float32 policy and load its weights"
+        ) from error
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
+    """Write ``model``'s inference function as a TF SavedModel (the converter's input).
+
+    Args:
+        model: a built Keras model.
+        directory: where to write it.
+
+    Returns:
+        ``directory`` as a ``Path``.
+
+    Raises:
+        ExportError: tracing the model failed.
+    """
+    try:
+        float32_model(model).export(str(directory), format="tf_saved_model", verbose=False)
     except Exception as error:  # the tracing error names the layer itself
         raise ExportError(f"SavedModel export failed before TFLite conversion: {error}") from error
+    return Path(directory)
+
+
+def _convert_saved_model(saved_model_dir: str | Path, configure) -> bytes:
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     configure(converter)
     try:
@@ -411,7 +526,7 @@ def _calibration_images(data: Any, count: int, input_shape: tuple) -> np.ndarray
             if isinstance(element, (tuple, list)):
                 element = element[0]
             element = np.asarray(element)
-            if element.ndim == len(input_shape) - 1:
+            if _is_single_image(element.shape, input_shape):
                 element = element[None]
             chunk = _as_float_images(element, input_shape, "representative_data")
             chunks.append(chunk[: count - total])
@@ -422,6 +537,16 @@ def _calibration_images(data: Any, count: int, input_shape: tuple) -> np.ndarray
     if len(images) == 0:
         raise ValueError("`representative_data` yielded no images")
     return images
+
+
+def _is_single_image(shape: tuple, input_shape: Sequence) -> bool:
+    """Whether ``shape`` is one ``(H, W, C)`` image (or ``(H, W)`` for one channel)."""
+    expected = tuple(input_shape[1:])
+
+    def same(got, want):
+        return len(got) == len(want) and all(w is None or w < 0 or g == w for g, w in zip(got, want))
+
+    return same(shape, expected) or (expected[-1] == 1 and same(shape, expected[:-1]))
 
 
 def _as_float_images(images: Any, input_shape: Sequence, argument: str = "images") -> np.ndarray:
@@ -448,23 +573,149 @@ def _as_float_images(images: Any, input_shape: Sequence, argument: str = "images
     return images
 
 
-def _embed_metadata(flatbuffer: bytes, name: str, text: str) -> bytes:
-    """Add (or replace) a named ``Model.metadata`` buffer; runtimes ignore unknown names."""
-    from ai_edge_litert import schema_py_generated as schema
+def _finish_flatbuffer(
+    flatbuffer: bytes, labels: Sequence[str] | None, repair: bool, strip_names: bool
+) -> tuple[bytes, list[str]]:
+    """Widen degenerate int8 scales, drop inner tensor names, embed the labels."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    widened = _widen_degenerate_scales(model) if repair else []
+    if strip_names:
+        for subgraph in model.subgraphs:
+            boundary = set(subgraph.inputs) | set(subgraph.outputs)
+            for index, tensor in enumerate(subgraph.tensors):
+                if index not in boundary:
+                    tensor.name = None
+    if labels is not None:
+        _set_metadata(model, LABELS_METADATA_NAME, "\n".join(labels) + "\n")
+    if not (widened or strip_names or labels is not None):
+        return flatbuffer, []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), widened
+
+
+def _set_metadata(model, name: str, text: str) -> None:
+    """Add (or replace) a named ``Model.metadata`` buffer; runtimes ignore unknown names."""
+    from ai_edge_litert import schema_py_generated as schema
+
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = name
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [
-        m for m in (model.metadata or [])
-        if (m.name.decode() if isinstance(m.name, bytes) else m.name) != name
-    ] + [entry]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name] + [entry]
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# Ops whose integer kernels derive their rescaling from the input scale at run time,
+# so widening an input's scale needs no change to them (weighted ops get their
+# int32 bias requantized). Ops that require equal input/output scales (pooling,
+# padding, reshapes, concatenation) are not in the list.
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_RESCALING_OPS = _WEIGHTED_OPS + (
+    "ADD", "SUB", "MUL", "MEAN", "SUM", "LOGISTIC", "TANH", "SOFTMAX", "HARD_SWISH",
+    "QUANTIZE", "DEQUANTIZE",
+)
+# XNNPACK (the default CPU delegate of LiteRT, Android included) refuses a quantized
+# convolution whose requantization scale input*weight/output is >= 256; keep a 2x margin.
+_MAX_REQUANTIZATION_SCALE = 128.0
+
+
+def _widen_degenerate_scales(model) -> list[str]:
+    """Give activations that calibration saw (nearly) constant a usable int8 scale.
+
+    A ReLU that is dead on every calibration image (common in the 2-4 channel
+    bottleneck of a small squeeze-and-excitation block) gets a range of ~0 and
+    a scale of ~1e-8; XNNPACK then rejects the producing convolution and the
+    whole file fails to load on the default CPU runtime. The scale of such an
+    output is raised to ``input_scale * max(weight_scale) / 128``, the
+    accumulator's own resolution, which keeps every calibrated value exact and
+    widens the representable range; the biases of consuming convolutions are
+    requantized to the new input scale.
+
+    Returns:
+        The names of the widened tensors.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    integer_types = (schema.TensorType.INT8, schema.TensorType.UINT8)
+    widened = []
+    buffer_users: dict[int, int] = {}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            buffer_users[tensor.buffer] = buffer_users.get(tensor.buffer, 0) + 1
+    for subgraph in model.subgraphs:
+        ops = subgraph.operators
+        names = [flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) for op in ops]
+        consumers: dict[int, list[int]] = {}
+        for index, op in enumerate(ops):
+            for tensor_index in op.inputs:
+                consumers.setdefault(tensor_index, []).append(index)
+        for index, op in enumerate(ops):
+            if names[index] not in _WEIGHTED_OPS:
+                continue
+            x, w, y = (subgraph.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+            if y.type not in integer_types or not all(_scales(t) is not None for t in (x, w, y)):
+                continue
+            needed = float(_scales(x)[0] * np.max(_scales(w)) / _MAX_REQUANTIZATION_SCALE)
+            old = float(_scales(y)[0])
+            users = consumers.get(op.outputs[0], [])
+            if old >= needed or any(names[i] not in _RESCALING_OPS for i in users):
+                continue
+            _set_scale(y, needed)
+            widened.append(_text(y.name))
+            for user in users:
+                consumer = ops[user]
+                if names[user] in _WEIGHTED_OPS and consumer.inputs[0] == op.outputs[0]:
+                    _requantize_bias(model, subgraph, consumer, old / needed, needed, buffer_users)
+    return widened
+
+
+def _scales(tensor):
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return None
+    return np.asarray(q.scale, dtype=np.float64)
+
+
+def _set_scale(tensor, scale: float) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    q = tensor.quantization
+    q.scale = [scale]
+    zero_point = int(np.asarray(q.zeroPoint).reshape(-1)[0]) if q.zeroPoint is not None else 0
+    low, high = (-128, 127) if tensor.type == schema.TensorType.INT8 else (0, 255)
+    if q.min is not None and q.max is not None:
+        q.min, q.max = [scale * (low - zero_point)], [scale * (high - zero_point)]
+
+
+def _requantize_bias(model, subgraph, op, factor: float, input_scale: float, buffer_users) -> None:
+    """Bias scale is input_scale * weight_scale: rescale the int32 bias to the new input scale."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if len(op.inputs) < 3 or op.inputs[2] < 0:
+        return
+    bias = subgraph.tensors[op.inputs[2]]
+    weight_scales = _scales(subgraph.tensors[op.inputs[1]])
+    if bias.type != schema.TensorType.INT32 or weight_scales is None:
+        return
+    data = model.buffers[bias.buffer].data
+    values = np.frombuffer(bytes(bytearray(data)), dtype="<i4") if data is not None else None
+    if values is not None and values.size:
+        new = np.clip(np.round(values * factor), -(2**31), 2**31 - 1).astype("<i4")
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(new.tobytes(), dtype=np.uint8)
+        if buffer_users.get(bias.buffer, 1) > 1:  # a shared constant: give this bias its own copy
+            model.buffers.append(buffer)
+            bias.buffer = len(model.buffers) - 1
+        else:
+            model.buffers[bias.buffer] = buffer
+    bias.quantization.scale = list(input_scale * weight_scales)
 
 
 def _flatbuffer_ops(flatbuffer: bytes) -> list[str]:
@@ -582,12 +833,21 @@ def _explain_failure(model, error: Exception, configure, quantize) -> ExportErro
 
 def _probe_layers(model, configure, quantize) -> list[list]:
     """Layers of a functional model that fail to convert on their own."""
+    layers = [layer for layer in getattr(model, "layers", []) if not isinstance(layer, keras.layers.InputLayer)]
+    # Custom layers are the usual suspects: probe them first, Keras' own only if none fails.
+    custom = [layer for layer in layers if not type(layer).__module__.startswith("keras.")]
+    failing = _probe(custom[:_MAX_PROBED_LAYERS], configure, quantize)
+    if not failing:
+        keras_own = [layer for layer in layers if layer not in custom]
+        failing = _probe(keras_own[: max(0, _MAX_PROBED_LAYERS - len(custom))], configure, quantize)
+    return failing
+
+
+def _probe(layers: list, configure, quantize) -> list[list]:
     import tensorflow as tf
 
     failing = []
-    for layer in list(getattr(model, "layers", []))[:_MAX_PROBED_LAYERS]:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
+    for layer in layers:
         try:
             inbound = layer.input
             shapes = [t.shape for t in (inbound if isinstance(inbound, (list, tuple)) else [inbound])]
@@ -613,7 +873,7 @@ def _probe_layers(model, configure, quantize) -> list[list]:
 
         with tempfile.TemporaryDirectory(prefix="keras_effcnn_probe_") as tmp:
             try:
-                _convert(probe, Path(tmp) / "saved_model", probe_config)
+                _convert_saved_model(export_saved_model(probe, Path(tmp) / "saved_model"), probe_config)
             except _ConversionFailed:
                 failing.append([layer])
             except ExportError:
@@ -635,16 +895,48 @@ def _tensor_info(detail: dict) -> TensorInfo:
     )
 
 
-def _interpreter(path: str | Path, num_threads: int = 1):
+def _interpreter(path: str | Path, num_threads: int = 1, reference: bool = False):
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as error:  # pragma: no cover - depends on the install
         raise ImportError(
             "running .tflite files needs the LiteRT runtime: pip install 'keras-effcnn[litert]'"
         ) from error
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"`num_threads` must be an integer >= 1; got {num_threads!r}")
+    if reference:
+        return Interpreter(
+            model_path=str(path), num_threads=num_threads,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
+def _loads_with_xnnpack(path: str | Path) -> bool:
+    try:
+        _interpreter(path).allocate_tensors()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _batched_interpreter(path: str | Path, num_threads: int, batch: int):
+    """An interpreter with its first input resized to ``batch`` and tensors allocated.
+
+    Uses the default XNNPACK delegate and falls back, with a warning, to the
+    reference kernels when XNNPACK rejects the model.
+    """
+    for reference in (False, True):
+        interpreter = _interpreter(path, num_threads, reference=reference)
+        detail = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(detail["index"], [batch] + list(detail["shape"][1:]))
+        try:
+            interpreter.allocate_tensors()
+            return interpreter
+        except RuntimeError as error:
+            if reference:
+                raise
+            warnings.warn(f"XNNPACK rejected {path} ({error}); using the reference kernels", stacklevel=3)
 
 
 def _io_details(path: str | Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -722,13 +1014,11 @@ def run_tflite(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1; got {batch_size!r}")
-    interpreter = _interpreter(path, num_threads)
-    detail = interpreter.get_input_details()[0]
+    detail = _interpreter(path).get_input_details()[0]
     images = _as_float_images(images, [None] + list(detail["shape"][1:]))
     n = len(images)
     batch = max(1, min(batch_size, n))
-    interpreter.resize_tensor_input(detail["index"], [batch] + list(detail["shape"][1:]))
-    interpreter.allocate_tensors()
+    interpreter = _batched_interpreter(path, num_threads, batch)
     detail = interpreter.get_input_details()[0]
     out_detail = interpreter.get_output_details()[0]
     outputs = []
@@ -762,10 +1052,7 @@ def latency_ms(path: str | Path, images: np.ndarray, runs: int = 100, num_thread
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"`runs` must be an integer >= 1; got {runs!r}")
-    interpreter = _interpreter(path, num_threads)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], [1] + list(detail["shape"][1:]))
-    interpreter.allocate_tensors()
+    interpreter = _batched_interpreter(path, num_threads, 1)
     detail = interpreter.get_input_details()[0]
     images = _as_float_images(images, [None] + list(detail["shape"][1:]))
     if len(images) == 0:
@@ -853,6 +1140,8 @@ __all__ = [
     "QUANTIZE_MODES",
     "INT8_IO_TYPES",
     "to_tflite",
+    "export_saved_model",
+    "float32_model",
     "run_tflite",
     "evaluate_tflite",
     "latency_ms",

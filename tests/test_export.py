@@ -34,9 +34,11 @@ def _tiny_model() -> keras.Model:
     x = ConvBNAct(8, 3, name="stem")(x)
     x = BlurPool2D(filter_size=3, strides=2, padding="reflect", name="blur")(x)  # 14x14
     x = DepthwiseSeparableBlock(32, se_ratio=0.25, se_gate="hard_sigmoid", name="ds1")(x)
-    x = SqueezeExcite(ratio=0.25, gate="sigmoid", name="se")(x)
     # 32x48 pointwise kernel = 1536 weights, above dynamic-range quantization's 1024 threshold.
     x = DepthwiseSeparableBlock(48, strides=2, name="ds2")(x)  # 7x7
+    # Not before a depthwise convolution: SE gates leave some channels tiny, and one
+    # per-tensor int8 scale for all of them loses those channels (then BN amplifies it).
+    x = SqueezeExcite(ratio=0.25, gate="sigmoid", name="se")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
     return keras.Model(inputs, outputs, name="tiny")
@@ -62,12 +64,19 @@ def trained(mnist):
 
 
 @pytest.fixture(scope="module")
-def exported(trained, mnist, tmp_path_factory):
+def saved_model(trained, tmp_path_factory):
+    # Traced once and converted many ways: tracing costs as much as converting.
+    return export.export_saved_model(trained, tmp_path_factory.mktemp("saved") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def exported(trained, saved_model, mnist, tmp_path_factory):
     x_train = mnist[0]
     folder = tmp_path_factory.mktemp("tflite")
     return {
         name: export.to_tflite(trained, folder / f"tiny_{name}.tflite", quantize=q, int8_io=io,
-                               representative_data=x_train if q == "int8" else None, labels=LABELS)
+                               representative_data=x_train if q == "int8" else None, labels=LABELS,
+                               saved_model_dir=saved_model)
         for name, (q, io) in MODES.items()
     }
 
@@ -89,7 +98,7 @@ def test_float32_matches_keras(exported, keras_probs, mnist):
     np.testing.assert_allclose(probs, keras_probs, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode, atol, min_agreement", [("float16", 2e-3, 0.995), ("dynamic", 0.05, 0.97)])
+@pytest.mark.parametrize("mode, atol, min_agreement", [("float16", 0.02, 0.99), ("dynamic", 0.05, 0.97)])
 def test_float16_and_dynamic_are_close_to_keras(exported, keras_probs, mnist, mode, atol, min_agreement):
     probs = export.run_tflite(exported[mode].path, mnist[2])
     assert np.max(np.abs(probs - keras_probs)) < atol
@@ -106,10 +115,20 @@ def test_int8_top1_agrees_with_keras_on_real_images(exported, keras_probs, mnist
 
 
 def test_dynamic_quantizes_large_weights_only(exported):
-    # The 1536-weight pointwise kernel is stored as int8 (a quarter of the bytes), so the
-    # dynamic file is smaller than float32 by at least 3/4 of 1536 * 4 bytes.
+    from ai_edge_litert.interpreter import Interpreter
+
+    def weight_dtypes(report):
+        interpreter = Interpreter(model_path=report.path)
+        return {tuple(t["shape"]): np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+
+    # ds2's 48x32 pointwise kernel (1536 weights) passes the 1024-element threshold...
+    assert weight_dtypes(exported["dynamic"])[(48, 1, 1, 32)] == "int8"
+    assert weight_dtypes(exported["float32"])[(48, 1, 1, 32)] == "float32"
+    # ...the 32x8 one of ds1 (256 weights) does not.
+    assert weight_dtypes(exported["dynamic"])[(32, 1, 1, 8)] == "float32"
+    # 1536 * (4 - 1) bytes saved, less 48 per-channel scales (float32) and zero points (int64).
     saved = exported["float32"].size_bytes - exported["dynamic"].size_bytes
-    assert saved >= 0.75 * 1536 * 4
+    assert abs(saved - (1536 * 3 - 48 * 12)) <= 64
     assert exported["float16"].size_bytes < exported["float32"].size_bytes
 
 
@@ -166,6 +185,23 @@ def test_ops_are_builtin_and_match_the_interpreter(exported):
     assert "DEQUANTIZE" not in exported["int8_io_int8"].ops
 
 
+def test_inner_tensor_names_are_dropped_unless_kept(trained, saved_model, exported, mnist, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    kept = export.to_tflite(trained, tmp_path / "named.tflite", keep_tensor_names=True, report=False,
+                            saved_model_dir=saved_model)
+    stripped = exported["float32"]
+    np.testing.assert_array_equal(export.run_tflite(kept.path, mnist[2][:50]),
+                                  export.run_tflite(stripped.path, mnist[2][:50]))
+    assert kept.size_bytes > stripped.size_bytes
+    interpreter = Interpreter(model_path=stripped.path)
+    boundary = {d["index"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    assert all(names[i] for i in boundary)
+    assert not any(name for i, name in names.items() if i not in boundary)
+    assert stripped.input.name == kept.input.name and interpreter.get_signature_list()
+
+
 def test_labels_travel_with_the_file(exported):
     report = exported["int8"]
     labels_path = export.labels_file(report.path)
@@ -210,18 +246,23 @@ def test_evaluate_tflite(exported, trained, keras_probs, mnist):
     assert same["accuracy"] == result["accuracy"] and "agreement" not in same
 
 
-def test_representative_data_forms_agree(trained, mnist, tmp_path):
-    """An array, a batched tf.data of (image, label) pairs and a list calibrate the same ranges."""
+def test_representative_data_forms_agree(mnist):
+    """An array, a batched tf.data of (image, label) pairs and a list of floats give the same images."""
     images = mnist[0][:64]
-    as_dataset = tf.data.Dataset.from_tensor_slices((images, mnist[1][:64])).batch(10)
-    as_list = [image for image in images / 255.0]
-    scales = []
-    for i, data in enumerate([images, as_dataset, as_list]):
-        report = export.to_tflite(trained, tmp_path / f"m{i}.tflite", quantize="int8", int8_io="int8",
-                                  representative_data=data, num_calibration=64, report=False)
-        assert report.num_calibration == 64
-        scales.append((report.input.scale, report.output.scale))
-    assert scales[0] == scales[1] == scales[2]
+    shape = (None, 28, 28, 1)
+    from_array = export._calibration_images(images, 64, shape)
+    from_dataset = export._calibration_images(
+        tf.data.Dataset.from_tensor_slices((images, mnist[1][:64])).batch(10), 64, shape)
+    from_list = export._calibration_images([image[..., 0] / 255.0 for image in images], 64, shape)
+    np.testing.assert_array_equal(from_array, images.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(from_dataset, from_array, atol=1e-7)
+    np.testing.assert_allclose(from_list, from_array, atol=1e-7)
+    # From an array a seeded random subset, from an iterable the first images.
+    subset = export._calibration_images(mnist[0], 50, shape)
+    assert subset.shape == (50, 28, 28, 1)
+    assert not np.array_equal(subset, mnist[0][:50] / 255.0)
+    np.testing.assert_array_equal(subset, export._calibration_images(mnist[0], 50, shape))
+    assert len(export._calibration_images(iter(images), 20, shape)) == 20
 
 
 def test_bad_arguments(trained, mnist, tmp_path):
@@ -239,6 +280,79 @@ def test_bad_arguments(trained, mnist, tmp_path):
     with pytest.raises(ValueError, match="num_calibration"):
         export.to_tflite(trained, path, quantize="int8", representative_data=mnist[0], num_calibration=0)
     assert not path.exists()
+
+
+def _reference_outputs(path, images):
+    """Outputs of the reference kernels (no XNNPACK), image by image."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(path),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0])
+    return np.array(results)
+
+
+def test_mixed_float16_model_exports_as_float32(tmp_path):
+    """float16 convolutions are no TFLite builtins: the exporter converts a float32 clone."""
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((16, 16, 1))
+        x = ConvBNAct(8, 3, name="stem")(inputs)
+        x = BlurPool2D(name="blur")(x)
+        x = DepthwiseSeparableBlock(16, se_ratio=0.25, se_gate="hard_sigmoid", name="ds")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", dtype="float32")(x))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    clone = export.float32_model(model)
+    assert {layer.dtype_policy.compute_dtype for layer in clone._flatten_layers()} == {"float32"}
+    assert model.get_layer("ds").compute_dtype == "float16"  # the original is left alone
+    images = np.random.default_rng(0).random((20, 16, 16, 1), dtype=np.float32)
+    report = export.to_tflite(model, tmp_path / "mixed.tflite", report=False)
+    probs = export.run_tflite(report.path, images)
+    np.testing.assert_allclose(probs, clone.predict(images, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(probs, model.predict(images, verbose=0), atol=5e-3)  # float16 rounding
+
+
+SOFTMAX_STEP = 1 / 256  # TFLite's fixed int8 quantization of softmax outputs
+
+
+def test_dead_relu_scale_is_widened_so_xnnpack_loads_the_file(tmp_path, monkeypatch):
+    """An SE bottleneck that is dead on every calibration image gets a ~0 int8 scale,
+    which XNNPACK rejects; the widened scale loads and computes exactly the same."""
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    se = SqueezeExcite(latent_channels=2, name="se")
+    x = keras.layers.GlobalAveragePooling2D()(se(x))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+    # Pre-activations near -100 on every image: the bottleneck ReLU is dead.
+    se.reduce.bias.assign(np.full(se.reduce.bias.shape, -100.0, "float32"))
+    images = np.random.default_rng(0).random((40, 12, 12, 3), dtype=np.float32)
+
+    fixed = export.to_tflite(model, tmp_path / "fixed.tflite", quantize="int8", representative_data=images,
+                             report=False)
+    assert fixed.xnnpack
+    assert len(fixed.widened_tensors) == 1 and "se" in fixed.widened_tensors[0]
+
+    monkeypatch.setattr(export, "_widen_degenerate_scales", lambda model: [])
+    with pytest.warns(UserWarning, match="XNNPACK"):
+        raw = export.to_tflite(model, tmp_path / "raw.tflite", quantize="int8", representative_data=images,
+                               report=False)
+    assert not raw.xnnpack
+    # The dead tensor only ever holds its zero point, so nothing changes numerically.
+    np.testing.assert_array_equal(_reference_outputs(fixed.path, images), _reference_outputs(raw.path, images))
+    with pytest.warns(UserWarning, match="reference kernels"):  # run_tflite still runs the raw file
+        np.testing.assert_allclose(export.run_tflite(raw.path, images), _reference_outputs(raw.path, images),
+                                   atol=SOFTMAX_STEP)  # batched kernels may round differently
+    # XNNPACK rounds differently from the reference kernels: within two output steps.
+    np.testing.assert_allclose(export.run_tflite(fixed.path, images), _reference_outputs(fixed.path, images),
+                               atol=2 * SOFTMAX_STEP)
 
 
 # ------------------------------------------------------------------ unsupported ops

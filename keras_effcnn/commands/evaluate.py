@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from keras_effcnn.commands import add_data_args
+from keras_effcnn.commands import add_data_args, guess_dataset, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is None and args.tflite is None:
         raise ValueError("give a model (.keras file or recipe name) or --tflite FILE")
-    keras_model = _load_model(args) if args.model else None
-    dataset = args.dataset or _guess_dataset(keras_model, args.tflite)
+    keras_model, dataset = load_model(args.model, args.weights) if args.model else (None, None)
+    dataset = args.dataset or dataset or guess_dataset(_input_shape(keras_model, args.tflite))
     _, (x_test, y_test) = data.load_arrays(dataset, args.data_dir, source=args.source)
     images = x_test.astype("float32") / 255.0
     metrics: dict = {"dataset": dataset, "test_images": int(len(y_test))}
@@ -51,32 +51,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(args: argparse.Namespace):
-    import keras
-
-    import keras_effcnn.layers  # noqa: F401  (registers the custom layers for loading)
-    from keras_effcnn import recipes
-
-    path = Path(args.model)
-    if path.suffix == ".keras":
-        if not path.exists():
-            raise FileNotFoundError(f"model file {path} does not exist")
-        return keras.saving.load_model(path, safe_mode=True)
-    if args.weights is None:
-        raise ValueError(f"{args.model!r} is a recipe: pass --weights (e.g. --weights mnist) or a .keras file")
-    model = recipes.build(args.model, weights=args.weights)
-    args.dataset = args.dataset or model.training_plan.dataset
-    return model
-
-
-def _guess_dataset(model, tflite_path) -> str:
+def _input_shape(model, tflite_path) -> tuple:
     if model is not None:
-        shape = tuple(model.input_shape[1:])
-    else:
-        from keras_effcnn import export
+        return tuple(model.input_shape[1:])
+    from keras_effcnn import export
 
-        shape = tuple(export.input_shape(tflite_path)[1:])
-    guesses = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
-    if shape not in guesses:
-        raise ValueError(f"cannot tell the dataset from input shape {shape}; pass --dataset")
-    return guesses[shape]
+    return tuple(export.input_shape(tflite_path)[1:])

@@ -15,9 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from keras_effcnn.commands import add_data_args
-
-_SHAPE_TO_DATASET = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
+from keras_effcnn.commands import add_data_args, class_names, guess_dataset, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -58,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     quantize = None if args.quantize == "none" else args.quantize
     out = Path(args.out or f"{_stem(args.model)}_{args.quantize}.tflite")
 
+    if args.eval_images is not None and args.eval_images < 1:
+        raise ValueError(f"--eval-images must be >= 1; got {args.eval_images}")
     need_data = quantize == "int8" or not args.no_eval
     if need_data:
         (x_train, _), (x_test, y_test) = data.load_arrays(dataset, args.data_dir, source=args.source)
@@ -81,47 +81,6 @@ def run(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     print(f"wrote {out}, {report.labels_path}, {json_path}, {md_path}")
     return 0
-
-
-def load_model(name: str, weights: str | None = None):
-    """A model from a ``.keras`` file or a recipe; returns ``(model, dataset or None)``.
-
-    Args:
-        name: a ``.keras`` path, a registered recipe name or a recipe ``.json``.
-        weights: required for recipes (``"mnist"``, ``"cifar10"`` or a file).
-    """
-    import keras
-
-    import keras_effcnn.layers  # noqa: F401  (registers the custom layers for safe loading)
-
-    path = Path(name)
-    if path.suffix == ".keras":
-        if not path.exists():
-            raise FileNotFoundError(f"model file {path} does not exist")
-        return keras.saving.load_model(path, safe_mode=True, compile=False), None
-    try:
-        from keras_effcnn import recipes
-    except ImportError as error:
-        raise ValueError(f"{name!r} is not a .keras file and recipes are unavailable: {error}") from error
-    if weights is None:
-        raise ValueError(f"{name!r} is a recipe: pass --weights (e.g. --weights mnist) or a .keras file")
-    model = recipes.build(name, weights=weights)
-    return model, model.training_plan.dataset
-
-
-def guess_dataset(input_shape: tuple) -> str:
-    """``"mnist"`` for 28x28x1 inputs, ``"cifar10"`` for 32x32x3; else ``ValueError``."""
-    shape = tuple(int(d) for d in input_shape)
-    if shape not in _SHAPE_TO_DATASET:
-        raise ValueError(f"cannot tell the dataset from input shape {shape}; pass --dataset")
-    return _SHAPE_TO_DATASET[shape]
-
-
-def class_names(dataset: str) -> list[str]:
-    """The dataset's class names, in label order (they travel with the ``.tflite`` file)."""
-    from keras_effcnn import data
-
-    return list(data.DATASETS[dataset].label_names)
 
 
 def _stem(name: str) -> str:
