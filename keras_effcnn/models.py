@@ -154,8 +154,8 @@ def _paper_conv(x, filters: int, kernel: int, name: str, *, depthwise: bool = Fa
     paper_params=1560,
 )
 def paper_mnist(input_shape=None, num_classes: int = 10, *, depthwise: bool = True, gap_head: bool = True,
-                blurpool: bool = False, dropout: float = 0.05, head_dropout: float = 0.17,
-                bn_momentum: float = 0.9) -> keras.Model:
+                blurpool: bool = False, blur_filter_size: int = 3, dropout: float = 0.05,
+                head_dropout: float = 0.17, bn_momentum: float = 0.9) -> keras.Model:
     """The paper's MNIST network (1,560 parameters in PyTorch; the same here).
 
     Layout: 3x3 conv 1->8 (valid); DW 3x3 + PW 8->12; 1x1 12->8 + max-pool; DW+PW 8->12;
@@ -172,11 +172,11 @@ def paper_mnist(input_shape=None, num_classes: int = 10, *, depthwise: bool = Tr
     x = _paper_conv(x, 8, 3, "c1", **kw)
     x = _paper_conv(x, 12, 3, "c2", depthwise=depthwise, **kw)
     x = layers.Conv2D(8, 1, use_bias=False, name="t1_conv")(x)
-    x = _blur_downsample(x, "t1", blurpool)
+    x = _blur_downsample(x, "t1", blurpool, blur_filter_size)
     x = _paper_conv(x, 12, 3, "c3", depthwise=depthwise, **kw)
     x = _paper_conv(x, 16, 3, "c4", depthwise=depthwise, **kw)
     x = layers.Conv2D(12, 1, use_bias=False, name="t2_conv")(x)
-    x = _blur_downsample(x, "t2", blurpool)
+    x = _blur_downsample(x, "t2", blurpool, blur_filter_size)
     x = _paper_conv(x, 15, 3, "c5", depthwise=depthwise, padding="same", bn_momentum=bn_momentum)
     if gap_head:
         x = layers.GlobalAveragePooling2D(name="gap")(x)
@@ -236,7 +236,8 @@ def paper_cifar10(input_shape=None, num_classes: int = 10, *, dropout: float = 0
     dataset="mnist",
     description="Our <=1,500-parameter MNIST net: conv->BN->ReLU, DW-separable blocks, BlurMaxPool, GAP head.",
 )
-def effcnn_mnist(input_shape=None, num_classes: int = 10, *, blurpool: bool = True, se_ratio: float | None = None,
+def effcnn_mnist(input_shape=None, num_classes: int = 10, *, blurpool: bool = True, blur_filter_size: int = 3,
+                 se_ratio: float | None = None,
                  widths: Sequence[int] = (8, 12, 12, 14, 16), dropout: float = 0.0,
                  bn_momentum: float = 0.9) -> keras.Model:
     """An MNIST network under 1,500 parameters.
@@ -254,10 +255,10 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, blurpool: bool = Tr
     a, b, c, d, e = widths
     x = ConvBNAct(a, 3, padding="valid", bn_momentum=bn_momentum, dropout=dropout, name="stem")(x)
     x = DepthwiseSeparableBlock(b, 3, padding="valid", name="b1", **block)(x)
-    x = _blur_downsample(x, "down1", blurpool)
+    x = _blur_downsample(x, "down1", blurpool, blur_filter_size)
     x = DepthwiseSeparableBlock(c, 3, padding="valid", name="b2", **block)(x)
     x = DepthwiseSeparableBlock(d, 3, padding="valid", name="b3", **block)(x)
-    x = _blur_downsample(x, "down2", blurpool)
+    x = _blur_downsample(x, "down2", blurpool, blur_filter_size)
     x = DepthwiseSeparableBlock(e, 3, padding="same", name="b4", **block)(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(num_classes, use_bias=False, name="logits")(x)
@@ -269,7 +270,8 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, blurpool: bool = Tr
     dataset="cifar10",
     description="Our <=140K-parameter CIFAR-10 net: 3x3 convs, residual DW-separable blocks, SE, BlurMaxPool, GAP head.",
 )
-def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, blurpool: bool = True, se_ratio: float | None = 0.0625,
+def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, blurpool: bool = True, blur_filter_size: int = 3,
+                   se_ratio: float | None = 0.0625,
                    se_gate: str = "sigmoid", widths: Sequence[int] = (32, 64, 128, 192), dropout: float = 0.0,
                    head_dropout: float = 0.1, bn_momentum: float = 0.9) -> keras.Model:
     """A CIFAR-10 network under 140,000 parameters.
@@ -289,14 +291,14 @@ def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, blurpool: bool = 
     block = dict(bn_momentum=bn_momentum, dropout=dropout)
     se = dict(se_ratio=se_ratio, se_gate=se_gate)
     x = ConvBNAct(w1, 3, name="stem", **block)(x)
-    x = _blur_downsample(x, "down1", blurpool)
+    x = _blur_downsample(x, "down1", blurpool, blur_filter_size)
     x = ConvBNAct(w2, 3, name="s2_conv", **block)(x)
     x = DepthwiseSeparableBlock(w2, 3, residual=True, name="s2_block1", **block)(x)
     x = DepthwiseSeparableBlock(w2, 3, residual=True, name="s2_block2", **block)(x)
-    x = _blur_downsample(x, "down2", blurpool)
+    x = _blur_downsample(x, "down2", blurpool, blur_filter_size)
     x = DepthwiseSeparableBlock(w3, 3, name="s3_expand", **block)(x)
     x = DepthwiseSeparableBlock(w3, 3, dilation_rate=2, residual=True, name="s3_dilated", **block, **se)(x)
-    x = _blur_downsample(x, "down3", blurpool)
+    x = _blur_downsample(x, "down3", blurpool, blur_filter_size)
     x = DepthwiseSeparableBlock(w4, 3, name="s4_expand", **block)(x)
     x = DepthwiseSeparableBlock(w4, 3, residual=True, name="s4_block", **block, **se)(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)

@@ -284,7 +284,8 @@ class TrainResult:
 
 def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe: Recipe | None = None,
         epochs: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: Any = "auto",
-        subset: int | None = None, source: str = "auto", track_test: bool = False) -> TrainResult:
+        subset: int | None = None, source: str = "auto", track_test: bool = False,
+        evaluate_test: bool = True) -> TrainResult:
     """Trains ``model`` with its recipe on the real data, then evaluates on the test set.
 
     Args:
@@ -299,6 +300,8 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
         source: data source, see ``keras_effcnn.data.load``.
         track_test: also record the test accuracy after every epoch, for
             time-to-accuracy reports only (``TrainResult.timeline``).
+        evaluate_test: evaluate the final epoch on the test set (hyperparameter
+            searches turn this off: they must never look at the test set).
 
     Returns:
         A :class:`TrainResult`; ``test`` holds the final epoch's test metrics,
@@ -329,7 +332,7 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
     start = time.perf_counter()
     history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose,
                         shuffle=False)  # the pipeline reshuffles itself, seeded
-    test = model.evaluate(splits.test, return_dict=True, verbose=0)
+    test = model.evaluate(splits.test, return_dict=True, verbose=0) if evaluate_test else {}
     wall = time.perf_counter() - start
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return TrainResult(recipe, hist, {k: float(v) for k, v in test.items()}, wall, epochs,
