@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from keras_effcnn import data
-    from keras_effcnn.commands.export import guess_dataset, load_model
+    from keras_effcnn.commands import guess_dataset, load_model
     from keras_effcnn.robustness import evaluate_robustness
 
     if args.n < 1:
