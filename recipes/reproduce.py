@@ -9,7 +9,8 @@ For every phase recipe of the dataset (``keras_effcnn.recipes.list_recipes()``) 
 builds the compiled model, trains it with ``recipes.fit`` and records the
 **final-epoch** test accuracy (never a selected epoch), parameters, MACs, wall
 time, seed, the command and the commit. Results go to
-``recipes/results/<dataset>_phases.{json,md,png}``; rows already present for the
+``recipes/results/<dataset>_phases.{json,md,png}`` and each final model's weights to
+``recipes/results/models/``; rows already present for the
 same (recipe, seed, epochs) are kept, so an interrupted reproduction resumes.
 """
 
@@ -55,6 +56,9 @@ def main(argv=None) -> int:
             print(f"=== {name} seed {seed} ({recipe.epochs} epochs)", flush=True)
             model = recipes.build(recipe)
             result = recipes.fit(model, args.data_dir, verbose=2)
+            # Kept for the robustness comparison (e.g. BlurPool vs none); small files.
+            (out / "models").mkdir(exist_ok=True)
+            model.save_weights(out / "models" / f"{name}-seed{seed}-e{recipe.epochs}.weights.h5")
             doc["rows"].append({"recipe": name, "description": recipe.description, "seed": seed,
                                 "epochs": recipe.epochs, "params": result.params["trainable"], "macs": result.macs,
                                 "test_accuracy": result.test_accuracy, "wall_time_s": round(result.wall_time_s, 1),
