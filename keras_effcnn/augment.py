@@ -335,7 +335,10 @@ def apply(ds: tf.data.Dataset, *augmentations: Augmentation, num_parallel_calls:
             images, labels = aug.stateless(images, labels, seed)
         return (images, labels, *rest)
 
-    return ds.map(draw_seeds).map(augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.map(draw_seeds)
+    if num_parallel_calls is None:
+        return ds.map(augment)
+    return ds.map(augment, num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
 __all__ = [

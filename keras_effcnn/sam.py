@@ -139,7 +139,8 @@ class SAMModel(keras.Model):
             scaled = [ops.abs(v.value) * ops.cast(g, v.dtype) for g, v in pairs]
         else:
             scaled = [ops.cast(g, v.dtype) for g, v in pairs]
-        norm = ops.sqrt(sum(ops.sum(ops.square(t)) for t in scaled))
+        # One stacked reduction instead of a serial chain of scalar additions.
+        norm = ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(t)) for t in scaled])))
         factor = self.rho / (norm + self.eps)
         eps = []
         for g, v in zip(grads, variables):

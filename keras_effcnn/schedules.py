@@ -209,10 +209,16 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             ]
         return [(warm_end, self.initial_lr, self.max_lr), (last, self.max_lr, self.min_lr)]
 
-    def _anneal(self, start_lr: float, end_lr: float, pct):
+    def _anneal(self, start_lr: float, end_lr: float, remaining):
+        """Annealed value with ``remaining = 1 - pct`` of the phase left.
+
+        Written from the end of the phase (``end + (start - end) * f(remaining)``,
+        with ``(1 + cos(pi * pct)) / 2 = sin^2(pi * remaining / 2)``) so that float32
+        keeps full relative precision as the rate approaches a tiny ``min_lr``.
+        """
         if self.anneal == "cos":
-            return end_lr + (start_lr - end_lr) / 2.0 * (ops.cos(math.pi * pct) + 1.0)
-        return start_lr + (end_lr - start_lr) * pct
+            return end_lr + (start_lr - end_lr) * ops.square(ops.sin(math.pi / 2.0 * remaining))
+        return end_lr + (start_lr - end_lr) * remaining
 
     def __call__(self, step):
         step = ops.minimum(ops.cast(step, "float32"), float(self.total_steps - 1))
@@ -220,7 +226,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         for end, start_lr, end_lr in self.phases():
             # A zero-length phase (pct_start * total_steps == 1) would divide 0/0.
             span = end - start if end != start else 1.0
-            values.append((end, self._anneal(start_lr, end_lr, (step - start) / span)))
+            values.append((end, self._anneal(start_lr, end_lr, (end - step) / span)))
             start = end
         # The first phase whose end is not yet passed wins; the last one catches the rest.
         lr = values[-1][1]

@@ -244,6 +244,10 @@ class LRFinder(keras.callbacks.Callback):
             "verbose": self.verbose,
         }
 
+    @classmethod
+    def from_config(cls, config: dict) -> "LRFinder":
+        return cls(**config)
+
 
 def find_lr(
     model: keras.Model,
@@ -286,7 +290,9 @@ def find_lr(
             f"received {type(dataset).__name__}."
         )
     finder = LRFinder(min_lr, max_lr, num_steps, smoothing, divergence_factor, verbose=verbose)
-    model.fit(dataset.repeat(), epochs=1, steps_per_epoch=num_steps, callbacks=[finder], verbose=verbose)
+    model.fit(
+        dataset.repeat(), epochs=1, steps_per_epoch=num_steps, shuffle=False, callbacks=[finder], verbose=verbose
+    )
     if finder.result is None:
         raise ValueError("the range test recorded no batch; is `dataset` empty?")
     if plot_path is not None:

@@ -355,6 +355,19 @@ class SWA(keras.callbacks.Callback):
         if self.verbose:
             print(f"SWA: resumed the average of {n} snapshots from {path}")
 
+    # -- resume protocol of keras_effcnn.callbacks.checkpoint.ResumableCheckpoint ----------
+    def get_state(self) -> dict:
+        """The running average, for a checkpoint (restored by :meth:`set_state`)."""
+        return {"swa_weights": list(self.swa_weights or []), "num_snapshots": self.num_snapshots,
+                "cycle_max_lr": self._cycle_max_lr}
+
+    def set_state(self, state: dict) -> None:
+        self.swa_weights = [np.array(w, "float64") for w in state["swa_weights"]] or None
+        self.num_snapshots = int(state["num_snapshots"])
+        self._cycle_max_lr = state["cycle_max_lr"]
+        # The checkpoint already carries the average: don't also load a backup_dir state.
+        self._first_epoch = False
+
     def get_config(self) -> dict:
         return {
             "start_epoch": self.start_epoch,
@@ -366,6 +379,10 @@ class SWA(keras.callbacks.Callback):
             "backup_dir": self.backup_dir,
             "verbose": self.verbose,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SWA":
+        return cls(**config)
 
 
 __all__ = ["SWA", "update_bn", "SWA_SCHEDULES"]
