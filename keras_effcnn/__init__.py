@@ -27,6 +27,8 @@ _SUBMODULES = (
     "export",
     "tuning",
     "robustness",
+    "determinism",
+    "plots",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]
