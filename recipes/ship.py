@@ -25,7 +25,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def clean_log(text: str) -> str:
     """Keeps the last redraw of every progress-bar line and drops terminal colours."""
-    lines = [_ANSI.sub("", line.split("\r")[-1]) for line in text.splitlines()]
+    lines = [_ANSI.sub("", line.split("\r")[-1]).replace("\b", "") for line in text.split("\n")]
     return "\n".join(line for line in lines if line.strip()) + "\n"
 
 
@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     results = json.loads((run / "results.json").read_text())
     (WEIGHTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     if args.log:
-        (WEIGHTS / f"{args.name}.log").write_text(clean_log(Path(args.log).read_text(errors="replace")))
+        # newline="" keeps the progress bar's carriage returns, which clean_log collapses.
+        with open(args.log, newline="", errors="replace") as f:
+            (WEIGHTS / f"{args.name}.log").write_text(clean_log(f.read()))
     print(f"shipped {args.name}: final-epoch test accuracy {results['test']['accuracy']:.4f}, "
           f"{results['params']['trainable']:,} params")
     return 0

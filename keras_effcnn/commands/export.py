@@ -12,6 +12,8 @@ agreement, single-thread latency, size). The report is printed and written as
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -76,11 +78,16 @@ def run(args: argparse.Namespace) -> int:
             x_test, y_test = x_test[: args.eval_images], y_test[: args.eval_images]
         evaluation = export.evaluate_tflite(out, x_test, y_test, keras_model=model,
                                             latency_runs=args.latency_runs)
-        report.evaluation = {"dataset": dataset, **evaluation}
+        report.evaluation = {"dataset": dataset, **evaluation, "command": _command_line(),
+                             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, latency on 1 thread"}
     json_path, md_path = report.write()
     print(report.to_markdown())
     print(f"wrote {out}, {report.labels_path}, {json_path}, {md_path}")
     return 0
+
+
+def _command_line() -> str:
+    return " ".join(["keras-effcnn", *sys.argv[1:]]) if sys.argv[0].endswith("keras-effcnn") else " ".join(sys.argv)
 
 
 def _stem(name: str) -> str:
