@@ -43,9 +43,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_effcnn.augment import Augmentation
 from keras_effcnn.layers._validation import check_choice, check_float, check_int
 
 __all__ = [
@@ -57,11 +59,13 @@ __all__ = [
     "DataInfo",
     "DataNotFoundError",
     "DatasetSpec",
+    "EpochSetter",
     "Splits",
     "as_dataset",
     "clear_cache",
     "load",
     "load_arrays",
+    "new_epoch_variable",
     "representative_images",
     "validate_arrays",
 ]
@@ -199,16 +203,29 @@ class Splits:
     """Batched ``tf.data`` pipelines for one dataset.
 
     Attributes:
-        train: shuffled each epoch, augmented; ``(images, labels)`` batches.
+        train: shuffled each epoch, augmented; ``(images, labels)`` batches. Epoch-pure:
+            see :func:`load`.
         val: validation split carved from the training set, or None.
         test: the official test set, in order.
         info: a :class:`DataInfo`.
+        epoch: the int64 variable ``train`` reads its epoch from (``-1``: not set).
+        train_ordered: the training split in stored order, neither shuffled nor
+            augmented (e.g. for BatchNorm recomputation after SWA).
     """
 
     train: tf.data.Dataset
     val: tf.data.Dataset | None
     test: tf.data.Dataset
     info: DataInfo
+    epoch: tf.Variable | None = None
+    train_ordered: tf.data.Dataset | None = None
+
+    def epoch_callback(self) -> "EpochSetter":
+        """The callback that makes ``fit`` tell ``train`` its epoch; add it to every ``fit`` on ``train``."""
+        if self.epoch is None:
+            raise ValueError("these Splits have no epoch variable (built without data.load); "
+                             "`epoch_callback()` needs one")
+        return EpochSetter(self.epoch)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -553,6 +570,32 @@ def _pipeline_options() -> tf.data.Options:
     return options
 
 
+def _to_float(images: tf.Tensor, labels: tf.Tensor, *, scale: float, num_classes: int,
+              one_hot: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch of stored images/labels as float32 ``[0, 1]`` images and the requested labels."""
+    images = tf.cast(images, tf.float32) * scale
+    soft = labels.shape.rank == 2
+    if one_hot and not soft:
+        labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    elif not one_hot and not soft:
+        labels = tf.cast(labels, tf.int32)
+    return images, labels
+
+
+def new_epoch_variable() -> tf.Variable:
+    """The variable an epoch-pure pipeline reads its epoch from; ``-1`` until a run sets it.
+
+    Example:
+
+    ```python
+    epoch = new_epoch_variable()
+    ds = as_dataset(x, y, num_classes=10, shuffle=True, epoch=epoch)
+    model.fit(ds, epochs=5, callbacks=[EpochSetter(epoch)])
+    ```
+    """
+    return tf.Variable(-1, dtype=tf.int64, trainable=False, name="data_epoch")
+
+
 def _pipeline(
     x: np.ndarray,
     y: np.ndarray,
@@ -563,36 +606,109 @@ def _pipeline(
     shuffle: bool,
     seed: int,
     augment: Sequence[BatchMap],
-    shuffle_buffer: int | None,
+    epoch: tf.Variable | None = None,
+    images: tf.Tensor | None = None,
+    labels: tf.Tensor | None = None,
 ) -> tf.data.Dataset:
-    """Batches validated uint8/float arrays into float32 ``[0, 1]`` images and labels."""
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(shuffle_buffer or len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=False)
+    """Batches validated uint8/float arrays into float32 ``[0, 1]`` images and labels.
+
+    Without shuffling and augmentation, the arrays in order. Otherwise epoch-pure:
+    epoch ``k``'s order and augmentation are a function of ``(seed, k)`` alone, with
+    ``k`` read from ``epoch`` when an iteration starts (see :class:`EpochSetter`).
+    While ``epoch`` is negative each iteration draws its own key from a seeded
+    stream instead, so plain loops still get a new order every pass.
+    """
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
-    soft = y.ndim == 2
+    convert = functools.partial(_to_float, scale=scale, num_classes=num_classes, one_hot=one_hot)
+    # One tensor per array, shared by the pipelines of a split (no second copy of the images).
+    images = tf.convert_to_tensor(x) if images is None else images
+    labels = tf.convert_to_tensor(y) if labels is None else labels
+    if not shuffle and not augment:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+        # Converting after batching is one vectorised op per batch instead of per image.
+        return dataset.map(convert, num_parallel_calls=_THREADS).prefetch(2).with_options(_pipeline_options())
 
-    def to_float(images, labels):
-        images = tf.cast(images, tf.float32) * scale
-        if one_hot and not soft:
-            labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
-        elif not one_hot and not soft:
-            labels = tf.cast(labels, tf.int32)
-        return images, labels
+    if epoch is None:
+        epoch = new_epoch_variable()
+    n = len(x)
+    seed_t = tf.constant(seed, tf.int64)
+    # Each augmentation's stream is keyed by (its own seed, or the pipeline's, and its position).
+    keys = [None if not isinstance(fn, Augmentation) else
+            tf.constant([seed if fn.seed is None else fn.seed, j], tf.int64) for j, fn in enumerate(augment)]
 
-    # Converting after batching is one vectorised op per batch instead of per image.
-    dataset = dataset.map(to_float, num_parallel_calls=_THREADS)
-    for fn in augment:
-        # Sequential so that stateful random ops draw in a reproducible order.
-        dataset = dataset.map(fn)
+    def one_epoch(fallback):
+        e = epoch.read_value()
+        e = tf.where(e >= 0, e, fallback)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([seed_t, e]))
+        else:
+            order = tf.range(n, dtype=tf.int64)
+
+        def load_batch(i, idx):
+            batch = convert(tf.gather(images, idx), tf.gather(labels, idx))
+            for fn, key in zip(augment, keys):
+                if key is None:
+                    batch = fn(*batch)
+                else:
+                    batch_seed = tf.random.experimental.stateless_fold_in(
+                        tf.random.experimental.stateless_fold_in(key, e), i)
+                    batch = fn.stateless(*batch, batch_seed)
+            return batch
+
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        # Stateless maps may run in parallel; a plain callable may hold random state, whose
+        # draws are reproducible only in a sequential map.
+        if all(key is not None for key in keys):
+            return batches.map(load_batch, num_parallel_calls=_THREADS, deterministic=True)
+        return batches.map(load_batch)
+
+    # Only read while the epoch variable is negative: a new key per iterator, as a
+    # reshuffling Dataset.shuffle would give.
+    fallback = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    dataset = fallback.flat_map(one_epoch)
+    # A known length lets Keras count the batches of an epoch (and checkpoints check it).
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
     return dataset.prefetch(2).with_options(_pipeline_options())
+
+
+class EpochSetter(keras.callbacks.Callback):
+    """Tells epoch-pure pipelines which epoch ``fit`` is starting.
+
+    Assigns the epoch in ``on_epoch_begin``, before Keras creates the epoch's data
+    iterator; a resumed ``fit`` starts at the resumed epoch, so its batches are those
+    the interrupted run would have trained on. Not serialisable on purpose: it holds
+    the variable of one pipeline.
+
+    Args:
+        epoch: the pipeline's epoch variable (``Splits.epoch``, or the one given to
+            :func:`as_dataset`); a new one when None (see :func:`new_epoch_variable`).
+
+    Example:
+
+    ```python
+    splits = load("mnist", batch_size=128, augment=[augment.random_shift(2, seed=0)])
+    model.fit(splits.train, epochs=10, callbacks=[splits.epoch_callback()])
+    ```
+    """
+
+    def __init__(self, epoch: tf.Variable | None = None):
+        super().__init__()
+        if epoch is None:
+            epoch = new_epoch_variable()
+        elif not isinstance(epoch, tf.Variable) or epoch.dtype != tf.int64 or epoch.shape.rank != 0:
+            raise ValueError(f"`epoch` must be a scalar int64 tf.Variable (see new_epoch_variable()); got {epoch!r}")
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch.assign(epoch)
 
 
 def _check_pipeline_args(batch_size: int, augment: Any, shuffle_buffer: int | None) -> tuple:
     check_int("batch_size", batch_size, 1)
     if shuffle_buffer is not None:
         check_int("shuffle_buffer", shuffle_buffer, 1)
+        warnings.warn("`shuffle_buffer` is deprecated and ignored: the training pipeline permutes indices, "
+                      "a full shuffle that holds no copy of the images.", DeprecationWarning, stacklevel=3)
     augment = (augment,) if callable(augment) else tuple(augment or ())
     for fn in augment:
         if not callable(fn):
@@ -613,6 +729,7 @@ def as_dataset(
     seed: int = 0,
     augment: Sequence[BatchMap] = (),
     shuffle_buffer: int | None = None,
+    epoch: tf.Variable | None = None,
 ) -> tf.data.Dataset:
     """Validates user arrays and batches them through the same pipeline as :func:`load`.
 
@@ -623,10 +740,16 @@ def as_dataset(
         batch_size: images per batch (the last batch may be smaller).
         input_shape: expected ``(H, W, C)``; defaults to the images' own shape.
         one_hot: emit one-hot float labels (needed by Mixup) instead of int32 indices.
-        shuffle: reshuffle every epoch (seeded by ``seed``), for training.
-        seed: shuffle seed.
-        augment: batched ``(images, labels) -> (images, labels)`` maps applied in order.
-        shuffle_buffer: shuffle buffer size; default the whole dataset (a full shuffle).
+        shuffle: a new order every epoch, for training: epoch ``k``'s order is a
+            function of ``(seed, k)`` (see :func:`load`).
+        seed: shuffle seed; also keys augmentations whose own seed is None.
+        augment: batched ``(images, labels) -> (images, labels)`` maps applied in
+            order; :class:`keras_effcnn.augment.Augmentation` objects get
+            per-batch seeds from ``(their seed, epoch, batch)``.
+        shuffle_buffer: deprecated and ignored (the shuffle is always full).
+        epoch: the variable the pipeline reads the epoch from (see
+            :func:`new_epoch_variable`; ``fit`` with :class:`EpochSetter` sets it).
+            None: every pass over the dataset draws a new seeded key instead.
 
     Returns:
         A batched ``tf.data.Dataset`` of float32 ``[0, 1]`` images and labels.
@@ -637,8 +760,9 @@ def as_dataset(
     Example:
 
     ```python
-    ds = as_dataset(x_uint8, y, num_classes=10, batch_size=64, shuffle=True)
-    model.fit(ds, epochs=3)
+    setter = EpochSetter()
+    ds = as_dataset(x_uint8, y, num_classes=10, batch_size=64, shuffle=True, epoch=setter.epoch)
+    model.fit(ds, epochs=3, callbacks=[setter])
     ```
     """
     augment = _check_pipeline_args(batch_size, augment, shuffle_buffer)
@@ -652,7 +776,7 @@ def as_dataset(
         raise ValueError("`one_hot=False` needs class-index labels, but one-hot labels of shape "
                          f"{y_arr.shape} were given")
     return _pipeline(x_arr, y_arr, num_classes=num_classes, batch_size=batch_size, one_hot=one_hot,
-                     shuffle=shuffle, seed=seed, augment=augment, shuffle_buffer=shuffle_buffer)
+                     shuffle=shuffle, seed=seed, augment=augment, epoch=epoch)
 
 
 def _validation_indices(y: np.ndarray, fraction: float, seed: int, stratify: bool) -> np.ndarray:
@@ -694,9 +818,20 @@ def load(
     """Loads a dataset as batched train/validation/test ``tf.data`` pipelines.
 
     Images are float32 in ``[0, 1]``, channels last. The training pipeline is
-    reshuffled every epoch (seeded) and runs ``augment`` after batching; the
-    validation and test pipelines are neither shuffled nor augmented. The
-    validation split is carved from the training set, never from the test set.
+    shuffled every epoch and runs ``augment`` after batching; the validation and
+    test pipelines are neither shuffled nor augmented. The validation split is
+    carved from the training set, never from the test set.
+
+    The training pipeline is *epoch-pure*: epoch ``k``'s order is
+    ``tf.random.experimental.stateless_shuffle(range(N), seed=[seed, k])`` and the
+    ``j``-th augmentation (an :class:`keras_effcnn.augment.Augmentation`) gets for
+    batch ``b`` the seed ``stateless_fold_in(stateless_fold_in([aug_seed, j], k), b)``
+    (``aug_seed`` is its own seed, or ``seed`` when that is None). ``k`` is read from
+    ``Splits.epoch`` when an epoch's iterator starts; ``Splits.epoch_callback()`` sets
+    it in ``fit``, so a run resumed at epoch ``k`` in a new process sees the same
+    batches. Without that callback (the variable stays ``-1``) every pass over
+    ``train`` draws its key from a seeded stream: a new order each pass,
+    reproducible, but dependent on how many iterators were created before.
 
     Args:
         name: one of ``DATASETS``.
@@ -709,7 +844,8 @@ def load(
         one_hot: one-hot float32 labels (needed by Mixup and label smoothing);
             False gives int32 class indices.
         source: ``"auto"``, ``"local"``, ``"tfds"`` or ``"keras"``; see :func:`load_arrays`.
-        shuffle_buffer: shuffle buffer size; default the whole training set.
+        shuffle_buffer: deprecated and ignored (the shuffle is always full and
+            holds indices, not images).
         subset: use only the first ``subset`` training images (before the
             validation split), for quick runs.
         stratify: keep the class proportions in the validation split.
@@ -718,7 +854,7 @@ def load(
 
     Returns:
         :class:`Splits` with ``train``, ``val`` (None when ``validation_split`` is 0),
-        ``test`` and ``info``.
+        ``test``, ``info``, ``epoch`` and ``train_ordered``.
 
     Raises:
         DataNotFoundError: the dataset is nowhere to be found.
@@ -731,8 +867,9 @@ def load(
     from keras_effcnn import augment, data
 
     splits = data.load("cifar10", batch_size=256, validation_split=0.1,
-                       augment=[augment.random_crop_flip])
-    model.fit(splits.train, validation_data=splits.val, epochs=10)
+                       augment=[augment.random_crop_flip(seed=0)])
+    model.fit(splits.train, validation_data=splits.val, epochs=10,
+              callbacks=[splits.epoch_callback()])
     ```
     """
     spec = _spec(name)
@@ -756,16 +893,20 @@ def load(
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[keep], y_train[keep]
 
-    common = dict(num_classes=spec.num_classes, batch_size=batch_size, one_hot=one_hot,
-                  seed=seed, shuffle_buffer=shuffle_buffer)
-    train = _pipeline(x_train, y_train, shuffle=True, augment=augment, **common)
+    common = dict(num_classes=spec.num_classes, batch_size=batch_size, one_hot=one_hot, seed=seed)
+    epoch = new_epoch_variable()
+    train_images, train_labels = tf.convert_to_tensor(x_train), tf.convert_to_tensor(y_train)
+    train = _pipeline(x_train, y_train, shuffle=True, augment=augment, epoch=epoch, images=train_images,
+                      labels=train_labels, **common)
+    train_ordered = _pipeline(x_train, y_train, shuffle=False, augment=(), images=train_images,
+                              labels=train_labels, **common)
     val = None if x_val is None else _pipeline(x_val, y_val, shuffle=False, augment=(), **common)
     test = _pipeline(x_test, y_test, shuffle=False, augment=(), **common)
     counts = {"train": len(x_train), "val": 0 if x_val is None else len(x_val), "test": len(x_test)}
     info = DataInfo(name=spec.name, num_classes=spec.num_classes, input_shape=spec.input_shape,
                     label_names=spec.label_names, counts=counts,
                     steps_per_epoch=-(-len(x_train) // batch_size), mean=spec.mean, std=spec.std)
-    return Splits(train=train, val=val, test=test, info=info)
+    return Splits(train=train, val=val, test=test, info=info, epoch=epoch, train_ordered=train_ordered)
 
 
 def representative_images(

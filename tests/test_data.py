@@ -307,7 +307,8 @@ def test_load_batches_are_scaled_one_hot_and_ordered(data_dir, mnist):
                                   np.bincount(y[:1000], minlength=10))
 
 
-def test_train_reshuffles_each_epoch_reproducibly(data_dir):
+def test_train_reshuffles_each_pass_reproducibly_without_an_epoch(data_dir):
+    # Without an EpochSetter (the epoch variable stays -1) each pass draws a new seeded key.
     def epochs(seed):
         ds = data.load("mnist", data_dir, batch_size=100, subset=300, seed=seed, one_hot=False,
                        source="local").train
@@ -321,6 +322,84 @@ def test_train_reshuffles_each_epoch_reproducibly(data_dir):
     np.testing.assert_array_equal(again[0], first)
     np.testing.assert_array_equal(again[1], second)
     assert not np.array_equal(epochs(1)[0], first)
+
+
+def test_train_is_epoch_pure_and_follows_the_documented_formula(data_dir, mnist):
+    from keras_effcnn import augment
+
+    (x, y), _ = mnist
+    seed, epoch = 4, 2
+
+    def splits(seed=seed):
+        return data.load("mnist", data_dir, batch_size=100, subset=300, seed=seed, one_hot=False, source="local",
+                         augment=[augment.random_shift(2, seed=9), augment.cutout(6)])
+
+    used = splits()
+    for _ in range(3):  # iterators created (and read or not) before must not matter
+        _collect(used.train)
+        iter(used.train)
+    used.epoch.assign(epoch)
+    got = _collect(used.train)
+    fresh = splits()
+    fresh.epoch.assign(epoch)
+    again = _collect(fresh.train)
+    np.testing.assert_array_equal(got[0], again[0])
+    np.testing.assert_array_equal(got[1], again[1])
+
+    # The formula of docs/data.md, computed here from the raw arrays.
+    order = tf.random.experimental.stateless_shuffle(tf.range(300, dtype=tf.int64), [seed, epoch]).numpy()
+    shift, cut = augment.random_shift(2, seed=9), augment.cutout(6)
+    def fold(seed, data):  # the pipeline's keys, epochs and batch indices are int64
+        return tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), tf.constant(data, tf.int64))
+
+    for b in range(3):
+        idx = order[100 * b:100 * (b + 1)]
+        images = tf.constant(x[idx].astype(np.float32) * np.float32(1 / 255))
+        images, _ = shift.stateless(images, None, fold(fold([9, 0], epoch), b))
+        images, _ = cut.stateless(images, None, fold(fold([seed, 1], epoch), b))  # seed None: the pipeline's
+        np.testing.assert_array_equal(got[0][100 * b:100 * (b + 1)], images.numpy())
+        np.testing.assert_array_equal(got[1][100 * b:100 * (b + 1)], y[idx])
+
+    fresh.epoch.assign(epoch + 1)
+    assert not np.array_equal(_collect(fresh.train)[1], got[1])
+    other = splits(seed + 1)
+    other.epoch.assign(epoch)
+    assert not np.array_equal(_collect(other.train)[1], got[1])
+
+
+def test_epoch_setter_tells_the_pipeline_the_epoch_in_fit(data_dir):
+    import keras
+
+    splits = data.load("mnist", data_dir, batch_size=64, subset=128, source="local")
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(int(splits.epoch.numpy()))
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=False)
+    model.fit(splits.train, epochs=3, initial_epoch=1, verbose=0, shuffle=False,
+              callbacks=[splits.epoch_callback(), Record()])
+    assert seen == [1, 1, 2, 2]
+    with pytest.raises(ValueError, match="`epoch`"):
+        data.EpochSetter(tf.Variable(0.0))
+    setter = data.EpochSetter()
+    assert setter.epoch.dtype == tf.int64 and int(setter.epoch.numpy()) == -1
+
+
+def test_train_ordered_is_the_plain_training_split(data_dir, mnist):
+    from keras_effcnn import augment
+
+    (x, y), _ = mnist
+    splits = data.load("mnist", data_dir, batch_size=128, subset=1000, validation_split=0.2, source="local",
+                       augment=[augment.cutout(8, seed=0)])
+    images, labels = _collect(splits.train_ordered)
+    assert images.shape == (800, 28, 28, 1) and int(splits.train_ordered.cardinality()) == 7
+    # In stored order and unaugmented: the first 1000 images minus the validation ones.
+    expected = np.setdiff1d(np.arange(1000), data._validation_indices(y[:1000], 0.2, 0, True))
+    np.testing.assert_allclose(images, x[expected] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(labels.argmax(1), y[expected])
 
 
 def test_validation_split_is_disjoint_stratified_and_seeded(data_dir, mnist):
@@ -428,6 +507,8 @@ def test_load_rejects_bad_arguments(data_dir):
     for kwargs, match in cases:
         call = {"name": "mnist", "data_dir": data_dir, "source": "local", **kwargs}
         _assert_raises(str(kwargs), ValueError, match, lambda: data.load(**call))
+    with pytest.warns(DeprecationWarning, match="shuffle_buffer"):
+        data.load("mnist", data_dir, subset=100, shuffle_buffer=50, source="local")
 
 
 def test_representative_images_rejects_too_many(data_dir):

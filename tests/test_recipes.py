@@ -85,3 +85,40 @@ def test_input_shape_mismatch_is_caught_before_training(data_dir):
     wrong = recipe.replace(dataset="cifar10")
     with pytest.raises(ValueError, match="expects"):
         recipes.fit(model, data_dir, recipe=wrong, subset=256, verbose=0)
+
+
+def test_fit_with_out_resumes_an_swa_run_exactly(data_dir, tmp_path):
+    """Interrupted in its last epoch, resumed: the SWA average, its BatchNorm pass and the history match."""
+    from keras_effcnn.callbacks import SWA
+
+    # 3 epochs of 4 batches; SWA averages epochs 1-3 and recomputes BatchNorm on train_ordered.
+    recipe = recipes.get_recipe("mnist_phase9_swa").replace(epochs=3, batch_size=64, swa_start=0.3)
+
+    class StopAt(keras.callbacks.Callback):
+        def __init__(self, step):
+            super().__init__()
+            self.step, self.seen = step, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += 1
+            if self.seen == self.step:
+                raise KeyboardInterrupt
+
+    def run(out, *callbacks):
+        model = recipes.build(recipe)
+        result = recipes.fit(model, data_dir, subset=256, verbose=0, evaluate_test=False, out=out,
+                             save_every_steps=5, callbacks=callbacks)
+        return model, result
+
+    ref_model, ref = run(tmp_path / "ref")
+    assert ref.resumed_from is None and len(ref.history["loss"]) == 3
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", StopAt(10))  # epoch 3, batch 2; last checkpoint: end of epoch 2 (step 8)
+    model, result = run(tmp_path / "run")
+    assert result.resumed_from.endswith("ckpt-e000002-b0000000.npz")
+    assert result.history == ref.history  # epochs 1-2 come from the checkpoint
+    for a, b in zip(ref_model.variables, model.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The SWA callback got the unshuffled, unaugmented training split for its BatchNorm pass.
+    swa = next(recipes.technique_callbacks(recipe, 3, bn_data="fixed pass"))
+    assert isinstance(swa, SWA) and swa.bn_data == "fixed pass" and swa.start_epoch == 0

@@ -18,6 +18,11 @@ class TestTimeline(keras.callbacks.Callback):
     time spent in these evaluations. Not serialisable on purpose: it holds a
     dataset and belongs to one run.
 
+    Resumable: ``get_state()``/``set_state()`` carry the records and the training
+    time so far through a ``ResumableCheckpoint``, so a resumed run continues the
+    timeline and its clock counts the time of every process (up to each one's last
+    checkpoint: work redone after a kill is counted once).
+
     Args:
         test_data: a batched dataset of ``(images, one_hot_labels)``.
 
@@ -38,14 +43,30 @@ class TestTimeline(keras.callbacks.Callback):
         self.records: list[dict] = []
         self._start = 0.0
         self._eval_time = 0.0
+        self._earlier = 0.0  # training seconds of the processes before a resume
+
+    def _train_wall(self, now: float) -> float:
+        return self._earlier + now - self._start - self._eval_time
+
+    def get_state(self) -> dict:
+        """``{"records": [...], "train_wall_s": training seconds so far}`` (JSON values)."""
+        return {"records": [dict(r) for r in self.records], "train_wall_s": self._train_wall(time.perf_counter())}
+
+    def set_state(self, state: dict) -> None:
+        """Continues the timeline of ``state`` (from :meth:`get_state`) from now on."""
+        self.records = [dict(r) for r in state["records"]]
+        self._earlier = float(state["train_wall_s"])
+        self._start = time.perf_counter()
+        self._eval_time = 0.0
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
         self._eval_time = 0.0
+        self._earlier = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         tick = time.perf_counter()
-        train_wall = tick - self._start - self._eval_time
+        train_wall = self._train_wall(tick)
         metrics = self.model.evaluate(self.test_data, verbose=0, return_dict=True)
         self._eval_time += time.perf_counter() - tick
         self.records.append({"epoch": epoch + 1, "train_wall_s": round(train_wall, 2),
