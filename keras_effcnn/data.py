@@ -217,8 +217,9 @@ class Splits:
     val: tf.data.Dataset | None
     test: tf.data.Dataset
     info: DataInfo
-    epoch: tf.Variable | None = None
-    train_ordered: tf.data.Dataset | None = None
+    # compare=False: tf.Variable has no boolean == and no hash.
+    epoch: tf.Variable | None = dataclasses.field(default=None, compare=False)
+    train_ordered: tf.data.Dataset | None = dataclasses.field(default=None, compare=False)
 
     def epoch_callback(self) -> "EpochSetter":
         """The callback that makes ``fit`` tell ``train`` its epoch; add it to every ``fit`` on ``train``."""

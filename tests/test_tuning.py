@@ -87,7 +87,7 @@ def test_stage_widths_give_one_choice_per_stage():
 
 
 def test_default_space_follows_the_builder_options():
-    assert set(tuning.default_space(MNIST)) == set(tuning.KNOBS) - {"stage_widths", "blur_filter_size"}
+    assert set(tuning.default_space(MNIST)) == set(tuning.KNOBS) - {"stage_widths"}
     # paper_cifar10 takes no widths, BlurPool or SE options: those knobs are left out.
     paper = tuning.default_space(recipes.get_recipe("paper_cifar10"))
     assert not {"width_multiplier", "blurpool", "se_ratio"} & set(paper) and "dropout" in paper
@@ -99,7 +99,8 @@ def test_every_default_configuration_builds_the_recipe_it_names():
     hp = kt.HyperParameters()
     hm.declare_hyperparameters(hp)
     assert hm.recipe_for(hp).replace(schedule_options={}) == hm.base_recipe.replace(
-        model_options={"widths": [32, 64, 128, 192], "blurpool": True, "se_ratio": 0.0625, "dropout": 0.0})
+        model_options={"widths": [32, 64, 128, 192], "blurpool": True, "blur_filter_size": 3, "se_ratio": 0.0625,
+                       "dropout": 0.0})
 
 
 def test_count_params_is_the_built_models_trainable_count():
@@ -116,7 +117,6 @@ def test_count_params_is_the_built_models_trainable_count():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(space=["warp_factor"]), "warp_factor"),
-    (dict(space=["blur_filter_size"]), "blur_filter_size"),  # effcnn_mnist has no such option (yet)
     (dict(space=["width_multiplier", "stage_widths"]), "stage_widths"),
     (dict(space={"dropout": []}), "dropout"),
     (dict(space={"learning_rate": {"min": 0.1}}), "learning_rate"),

@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_history(result.history, out / "curves.png", title=f"{recipe.name} (seed {recipe.seed})")
     resumed = "" if result.resumed_from is None else f", resumed from {Path(result.resumed_from).name}"
-    print(f"{recipe.name}: final-epoch test accuracy {result.test_accuracy:.4f} "
-          f"({result.params['trainable']:,} params, {result.macs:,} MACs, {result.wall_time_s:.0f} s{resumed}) -> {out}")
+    print(f"{recipe.name}: final-epoch test accuracy {result.test_accuracy:.4f} ({result.params['trainable']:,} "
+          f"params, {result.macs:,} MACs, {result.wall_time_s:.0f} s{resumed}) -> {out}")
 
     if args.export != "none":
         from keras_effcnn import data, export
@@ -94,13 +94,12 @@ def _positive_int(text: str) -> int:
 def _check_same_run(out: Path, recipe) -> None:
     """Refuses to resume checkpoints in ``out`` that another recipe wrote (more epochs are allowed)."""
     from keras_effcnn.callbacks.checkpoint import list_checkpoints
-    from keras_effcnn.recipes import Recipe
 
     saved = out / "recipe.json"
     if not (saved.exists() and list_checkpoints(out / "checkpoints")):
         return
-    before = Recipe.from_json(saved).to_dict()
-    now = recipe.to_dict()
+    # Both as JSON, so that tuples and lists compare equal.
+    before, now = json.loads(saved.read_text()), json.loads(recipe.to_json())
     changed = sorted(k for k in now if k != "epochs" and now[k] != before.get(k))
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
