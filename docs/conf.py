@@ -40,7 +40,7 @@ version = release
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "robustness/*"]
 
 myst_enable_extensions = ["colon_fence", "deflist"]
 # Pages link to each other's sections as `layers.md#blurpool2d`.
@@ -82,7 +82,7 @@ API_MODULES = (
 )
 
 # Guides written beside the generated pages; listed in the index when present.
-GUIDES = ("layers", "techniques", "data", "tuning", "android", "reliability", "architecture")
+GUIDES = ("layers", "techniques", "data", "tuning", "android", "reliability", "robustness", "architecture")
 
 
 def _exists(module: str) -> bool:

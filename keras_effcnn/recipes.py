@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -429,7 +430,10 @@ def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
         source = keras.saving.load_model(path, safe_mode=True, compile=False)
         model.set_weights(source.get_weights())
     else:
-        model.load_weights(path)
+        with warnings.catch_warnings():
+            # The file also holds the training optimizer's state, which inference does not need.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(path)
 
 
 # ----------------------------------------------------------------------------- the registry
