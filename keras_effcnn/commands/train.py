@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_json(out / "recipe.json")
 
+    commit = _git_commit()  # the code the run starts with (HEAD may move while it trains)
     set_determinism(recipe.seed)
     model = recipes.build(recipe)
     result = recipes.fit(model, args.data_dir, subset=args.subset, source=args.source,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
     summary = result.to_dict()
     summary.pop("history")
-    summary.update(command=" ".join(["keras-effcnn", "train", args.recipe] + _flags(args)), commit=_git_commit())
+    summary.update(command=" ".join(["keras-effcnn", "train", args.recipe] + _flags(args)), commit=commit)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_history(result.history, out / "curves.png", title=f"{recipe.name} (seed {recipe.seed})")
     resumed = "" if result.resumed_from is None else f", resumed from {Path(result.resumed_from).name}"
@@ -113,7 +114,7 @@ def _flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", str(value)]
-    return flags
+    return flags + (["--track-test"] if args.track_test else [])
 
 
 def _git_commit() -> str | None:
