@@ -66,7 +66,8 @@ def test_hyperparameters_map_onto_recipe_fields():
     assert (recipe.learning_rate, recipe.mixup_alpha, recipe.batch_size) == (0.1, 0.4, 64)
     assert recipe.validation_split == 0.1  # the recipe has none: the objective needs one
     # Fields outside the space keep the base recipe's values.
-    assert (recipe.label_smoothing, recipe.crop_padding, recipe.epochs) == (MNIST.label_smoothing, 2, MNIST.epochs)
+    assert (recipe.label_smoothing, recipe.crop_padding, recipe.epochs) == (
+        MNIST.label_smoothing, MNIST.crop_padding, MNIST.epochs)
 
     onecycle = hm.recipe_for({"schedule": "onecycle", "lr_div_factor": 10.0, "swa_start": 0.5, "se_ratio": 0.25})
     assert onecycle.schedule_options == {"div_factor": 10.0}
