@@ -34,10 +34,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import keras
 
-from keras_effcnn import models
+from keras_effcnn import data, models
 
-_DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}
-_TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("constant", "onecycle", "cyclic")
 
@@ -97,7 +95,7 @@ class Recipe:
     description: str = ""
 
     def __post_init__(self):
-        _check(self.dataset in _DATASET_CLASSES, "dataset", self.dataset, f"one of {sorted(_DATASET_CLASSES)}")
+        _check(self.dataset in data.DATASETS, "dataset", self.dataset, f"one of {sorted(data.DATASETS)}")
         _check(self.model in models.list_models(), "model", self.model, f"one of {models.list_models()}")
         _check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
@@ -125,11 +123,11 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    def from_dict(cls, fields: dict) -> "Recipe":
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}; allowed: {[f.name for f in dataclasses.fields(cls)]}")
-        return cls(**data)
+        return cls(**fields)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -148,11 +146,12 @@ class Recipe:
 
     @property
     def num_classes(self) -> int:
-        return _DATASET_CLASSES[self.dataset]
+        return data.DATASETS[self.dataset].num_classes
 
-    def steps_per_epoch(self, train_size: int | None = None) -> int:
-        n = _TRAIN_SIZES[self.dataset] if train_size is None else train_size
-        n = n - int(round(n * self.validation_split)) if train_size is None else n
+    def steps_per_epoch(self) -> int:
+        """Training batches per epoch on the full training set less the validation split."""
+        n = data.DATASETS[self.dataset].train_size
+        n -= int(round(n * self.validation_split))
         return max(1, math.ceil(n / self.batch_size))
 
     def fit(self, model: keras.Model, data_dir: str | os.PathLike | None = None, **kwargs) -> "TrainResult":
@@ -338,8 +337,6 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
     result = fit(model, "../shared/data", out="runs/mnist")  # killed? the same call resumes
     ```
     """
-    from keras_effcnn import data
-
     recipe = recipe or getattr(model, "training_plan", None)
     if recipe is None:
         raise ValueError("model has no training_plan; build it with keras_effcnn.recipes.build or pass recipe=")

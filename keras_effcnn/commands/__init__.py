@@ -33,10 +33,8 @@ def load_model(name: str, weights: str | None = None):
         if not path.exists():
             raise FileNotFoundError(f"model file {path} does not exist")
         return keras.saving.load_model(path, safe_mode=True, compile=False), None
-    try:
-        from keras_effcnn import recipes
-    except ImportError as error:
-        raise ValueError(f"{name!r} is not a .keras file and recipes are unavailable: {error}") from error
+    from keras_effcnn import recipes
+
     if weights is None:
         raise ValueError(f"{name!r} is a recipe: pass --weights (e.g. --weights mnist) or a .keras file")
     model = recipes.build(name, weights=weights)
