@@ -61,10 +61,13 @@ html_theme_options = {"description": "Small, fast, robust CNNs for Keras 3", "fi
 # that does not exist yet is left out of the API page; one that exists but fails to
 # import fails the build.
 API_MODULES = (
+    "keras_effcnn.presets",
     "keras_effcnn.layers",
     "keras_effcnn.schedules",
     "keras_effcnn.sam",
     "keras_effcnn.augment",
+    "keras_effcnn.losses",
+    "keras_effcnn.metrics",
     "keras_effcnn.data",
     "keras_effcnn.models",
     "keras_effcnn.callbacks.cyclical",
@@ -73,7 +76,10 @@ API_MODULES = (
     "keras_effcnn.callbacks.checkpoint",
     "keras_effcnn.callbacks.timeline",
     "keras_effcnn.recipes",
+    "keras_effcnn.distribute",
+    "keras_effcnn.recipe_model",
     "keras_effcnn.export",
+    "keras_effcnn.export.micro",
     "keras_effcnn.robustness",
     "keras_effcnn.tuning",
     "keras_effcnn.tuning_launcher",
@@ -82,7 +88,8 @@ API_MODULES = (
 )
 
 # Guides written beside the generated pages; listed in the index when present.
-GUIDES = ("layers", "techniques", "data", "tuning", "android", "reliability", "robustness", "architecture")
+GUIDES = ("layers", "techniques", "data", "tuning", "android", "microcontrollers", "reliability", "robustness",
+          "architecture", "testing", "backends")
 
 
 def _exists(module: str) -> bool:

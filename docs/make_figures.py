@@ -357,8 +357,11 @@ def zoo_markdown(sources: Sources, rows: Sequence[dict] | None = None) -> str:
     for s in shipped_models(sources):
         shipped.setdefault(s.model, []).append(s)
     table, notes = [], []
+    deviations = []
     for row in rows:
         paper = f"{row['paper_params']:,}" if row.get("paper_params") else ""
+        if row.get("paper_params") and row["paper_params"] != row["trainable"]:
+            deviations.append(row)
         base = [f"`{row['model']}`", row["dataset"], f"{row['trainable']:,}", f"{row['total']:,}", paper,
                 f"{row['macs']:,}"]
         for s in shipped.get(row["model"], []) or [None]:
@@ -381,6 +384,12 @@ def zoo_markdown(sources: Sources, rows: Sequence[dict] | None = None) -> str:
         ["model", "dataset", "params (trainable)", "params (with BN buffers)", "paper's count", "MACs",
          "shipped recipe", "final-epoch test acc.", "int8 .tflite size", "int8 test acc.", "int8 latency"],
         table, align="llrrrrlrrrr")
+    for row in deviations:
+        diff = row["trainable"] - row["paper_params"]
+        text += (f"\n`{row['model']}` is a reconstruction: the paper states {row['paper_params']:,} parameters "
+                 f"but not every layer width, so the rebuilt network has {row['trainable']:,} "
+                 f"({diff:+,}, {100 * diff / row['paper_params']:+.2f} %); the test suite pins both numbers "
+                 "(`tests/test_counting.py`).\n")
     text += ("\nParameters and MACs are computed when the docs are built "
              "(`keras_effcnn.models.summary_table()`, default builder options). Accuracy, size and latency "
              "come from the shipped weights' results files")

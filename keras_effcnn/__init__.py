@@ -4,22 +4,35 @@ The nuts and bolts of Ethiraj & Bolla, *Training Efficient CNNs: Tweaking the
 Nuts and Bolts of Neural Networks* (arXiv 2205.12050) as serializable Keras 3
 building blocks, assembled by recipe functions that return compiled models.
 
-Submodules are imported on first use so that ``import keras_effcnn`` stays
-cheap and floor-1 pieces (layers, schedules) work without TensorFlow-only
-extras.
+``import keras_effcnn`` registers every serializable object of the package
+(layers, schedules, callbacks, losses, metrics, the recipe and SAM model
+classes), so ``keras.models.load_model("m.keras")`` works in a fresh process,
+in safe mode, after that one import. Those modules import only Keras; the rest
+(data pipelines, recipes, export, tuning...) is imported on first use.
+
+Example:
+
+```python
+import keras, keras_effcnn
+
+keras_effcnn.list_presets()                       # ['cifar10_140k', 'mnist_1500']
+model = keras_effcnn.from_preset("cifar10_140k")  # compiled, with the shipped weights
+model.save("m.keras")
+keras.models.load_model("m.keras").training_plan  # the recipe survives saving
+```
 """
 
 from __future__ import annotations
 
 import importlib
 
+# Registering imports: every keras.saving-registered class lives in one of these (Keras-only) modules.
+from keras_effcnn import callbacks, layers, losses, metrics, presets, recipe_model, sam, schedules  # noqa: F401
+from keras_effcnn.presets import from_preset, list_presets
+
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "layers",
-    "schedules",
-    "callbacks",
-    "sam",
+_LAZY_SUBMODULES = (
     "augment",
     "data",
     "models",
@@ -30,12 +43,14 @@ _SUBMODULES = (
     "determinism",
     "plots",
 )
+_SUBMODULES = ("callbacks", "layers", "losses", "metrics", "presets", "recipe_model", "sam", "schedules",
+               *_LAZY_SUBMODULES)
 
-__all__ = list(_SUBMODULES) + ["__version__"]
+__all__ = list(_SUBMODULES) + ["__version__", "from_preset", "list_presets"]
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _LAZY_SUBMODULES:
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module
         return module

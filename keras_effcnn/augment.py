@@ -26,6 +26,7 @@ import tensorflow as tf
 
 FILL_MODES = ("zero", "mean")
 PAD_MODES = ("constant", "reflect")
+MIXUP_MODES = ("batch", "sample")
 
 
 def _static_hw(images: tf.Tensor, who: str) -> tuple:
@@ -72,20 +73,26 @@ class Augmentation:
 class Mixup(Augmentation):
     """Mixup (Zhang et al., ICLR 2018, arXiv 1710.09412); see :func:`mixup`."""
 
-    def __init__(self, alpha: float = 0.2, seed: int | None = None):
+    def __init__(self, alpha: float = 0.2, mode: str = "batch", seed: int | None = None):
         if not alpha > 0:
             raise ValueError(f"`alpha` must be > 0; received alpha={alpha!r}.")
+        if mode not in MIXUP_MODES:
+            raise ValueError(f"`mode` must be one of {list(MIXUP_MODES)}; received mode={mode!r}.")
         super().__init__(seed)
         self.alpha = float(alpha)
+        self.mode = mode
 
     def sample(self, batch_size, seed):
-        """Per-sample ``lam ~ Beta(alpha, alpha)`` and the partner permutation."""
+        """``lam ~ Beta(alpha, alpha)`` for each sample (``[batch_size]`` float64, all
+        equal in ``"batch"`` mode) and the partner permutation."""
         s_a, s_b, s_perm = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        draws = [batch_size] if self.mode == "sample" else [1]
         # Beta from two Gammas, in float64 so tiny alphas cannot underflow both to 0.
-        g_a = tf.random.stateless_gamma([batch_size], s_a, alpha=self.alpha, dtype=tf.float64)
-        g_b = tf.random.stateless_gamma([batch_size], s_b, alpha=self.alpha, dtype=tf.float64)
+        g_a = tf.random.stateless_gamma(draws, s_a, alpha=self.alpha, dtype=tf.float64)
+        g_b = tf.random.stateless_gamma(draws, s_b, alpha=self.alpha, dtype=tf.float64)
         total = g_a + g_b
         lam = tf.where(total > 0, g_a / tf.where(total > 0, total, 1.0), 0.5)
+        lam = tf.broadcast_to(lam, [batch_size])
         perm = tf.argsort(tf.random.stateless_uniform([batch_size], s_perm))
         return lam, perm
 
@@ -201,17 +208,22 @@ class RandomCropFlip(Augmentation):
         return images, labels
 
 
-def mixup(alpha: float = 0.2, seed: int | None = None) -> Mixup:
+def mixup(alpha: float = 0.2, mode: str = "batch", seed: int | None = None) -> Mixup:
     """Mixup for batched ``(images, one_hot_labels)``.
 
     Each sample ``i`` is mixed with sample ``perm[i]`` of a random permutation of
     the batch: ``x = lam_i * x_i + (1 - lam_i) * x_perm[i]`` and the labels
-    identically, with a per-sample ``lam_i ~ Beta(alpha, alpha)`` drawn as
-    ``G_a / (G_a + G_b)`` from two ``Gamma(alpha)`` samples. Mixed labels are soft
-    and still sum to one. Integer images are cast to float32.
+    identically, with ``lam ~ Beta(alpha, alpha)`` drawn as ``G_a / (G_a + G_b)``
+    from two ``Gamma(alpha)`` samples. With ``mode="batch"`` (the default, and what
+    the recipes use) one ``lam`` is drawn per batch and shared by all its samples,
+    as in Zhang et al.'s reference code (``facebookresearch/mixup-cifar10``) and
+    timm's default; with ``mode="sample"`` every sample draws its own ``lam_i``
+    (timm's ``"elem"``), which lowers the variance of the mixing within a batch.
+    Mixed labels are soft and still sum to one. Integer images are cast to float32.
 
     Args:
         alpha: Beta concentration, ``> 0`` (0.2-0.4 for CIFAR; 1.0 is uniform).
+        mode: ``"batch"`` (one ``lam`` per batch) or ``"sample"`` (one per sample).
         seed: seed of the augmentation stream.
 
     Returns:
@@ -223,7 +235,7 @@ def mixup(alpha: float = 0.2, seed: int | None = None) -> Mixup:
         >>> bool(tf.reduce_all(tf.abs(tf.reduce_sum(y, 1) - 1) < 1e-6))
         True
     """
-    return Mixup(alpha, seed)
+    return Mixup(alpha, mode, seed)
 
 
 def cutout(length: int, fill: str = "zero", seed: int | None = None) -> Cutout:
@@ -231,7 +243,12 @@ def cutout(length: int, fill: str = "zero", seed: int | None = None) -> Cutout:
 
     The square is centered at a pixel drawn uniformly over the whole image (rows
     ``[cy - length//2, cy - length//2 + length)``, same for columns), so it may
-    overhang the border and is clipped there, as in DeVries & Taylor. It is set to
+    overhang the border and is clipped there, as in DeVries & Taylor. For an even
+    ``length`` this is exactly their code (rows ``[cy - L//2, cy + L//2)``); for an
+    odd ``length`` their code cuts ``2 * (L//2) = L - 1`` rows and columns, i.e. an
+    ``(L-1) x (L-1)`` square, whereas here ``length`` is always the side that is
+    cut (the extra row and column fall below and right of the center). The
+    recipes use even lengths (8 on MNIST, 16 on CIFAR-10), where both agree. It is set to
     0 (``"zero"``) or to the image's own per-channel mean (``"mean"``). Unlike
     ``keras.layers.RandomErasing``, size and shape are fixed and only the
     position is random. Labels pass through.

@@ -2,10 +2,18 @@
 
 A :class:`Recipe` reads like one row of the paper's phase table: which model,
 which optimizer and learning-rate schedule, which augmentations, which of label
-smoothing, SWA and SAM. :func:`build` turns it into a compiled ``keras.Model``
-that carries the recipe as ``model.training_plan``; :func:`fit` (or
-``model.training_plan.fit(model)``) then trains the whole recipe on the real data
-and evaluates the final epoch on the test set.
+smoothing, SWA and SAM. :func:`build` turns it into a compiled
+:class:`keras_effcnn.recipe_model.RecipeModel` that carries the recipe as
+``model.training_plan`` (also through ``model.save`` / ``keras.models.load_model``);
+:func:`fit` (or ``model.training_plan.fit(model)``) then trains the whole recipe
+on the real data and evaluates the final epoch on the test set. A plain
+``model.fit`` works too, on integer or one-hot labels, with the learning-rate
+schedule sized to that call's epochs and steps.
+
+The recipe functions follow ``keras.applications``: ``num_classes`` (or
+``classes``), ``input_shape``, ``include_top``, ``pooling``,
+``classifier_activation`` and ``weights`` (a preset such as ``"cifar10"`` or a
+file; with another head the trunk loads and the head is new).
 
 Example:
 
@@ -28,13 +36,16 @@ import json
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import keras
 
-from keras_effcnn import data, models
+from keras_effcnn import data, models, presets
+from keras_effcnn.layers._validation import check as _check
+from keras_effcnn.losses import ClassificationCrossentropy
+from keras_effcnn.metrics import ClassificationAccuracy
+from keras_effcnn.recipe_model import RecipeMixin, RecipeModel, SAMRecipeModel
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("constant", "onecycle", "cyclic")
@@ -159,11 +170,6 @@ class Recipe:
         return fit(model, data_dir, recipe=self, **kwargs)
 
 
-def _check(ok: bool, arg: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{arg}={value!r} is not allowed: {arg} must be {allowed}")
-
-
 # ----------------------------------------------------------------------------- build / compile
 
 
@@ -190,7 +196,7 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int | None = No
     if recipe.optimizer == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0, weight_decay=wd)
     elif recipe.optimizer == "adam":
-        opt = keras.optimizers.Adam(lr)
+        opt = keras.optimizers.Adam(lr, weight_decay=wd)
     else:
         opt = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
     if wd:
@@ -201,37 +207,85 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, epochs: int | None = No
 
 def compile_model(model: keras.Model, recipe: Recipe, steps_per_epoch: int | None = None,
                   epochs: int | None = None) -> keras.Model:
-    """(Re)compiles ``model`` with the recipe's optimizer, schedule, loss and metrics."""
+    """(Re)compiles ``model`` with the recipe's optimizer, schedule, loss and metrics.
+
+    The loss (:class:`~keras_effcnn.losses.ClassificationCrossentropy`, with the
+    recipe's label smoothing) and the ``accuracy`` metric take integer and
+    one-hot labels alike; a model ending in a ``classifier_activation`` gets
+    ``from_logits=False``.
+    """
     steps = steps_per_epoch or recipe.steps_per_epoch()
+    epochs = epochs or recipe.epochs
     model.compile(
         optimizer=make_optimizer(recipe, steps, epochs),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=False,  # XLA runs depthwise convolutions 4-8x slower on CPU
+        loss=ClassificationCrossentropy(from_logits=_outputs_logits(model), label_smoothing=recipe.label_smoothing),
+        metrics=[ClassificationAccuracy(name="accuracy")],
+        # TensorFlow: XLA runs depthwise convolutions 4-8x slower on CPU (and cannot place
+        # MirroredStrategy replicas); JAX without jit runs op by op, 2.3x slower (docs/backends.md).
+        jit_compile=keras.backend.backend() == "jax",
     )
-    model._effcnn_compiled_for = (steps, epochs or recipe.epochs)
+    if isinstance(model, RecipeMixin):
+        model.mark_schedule_sized(steps, epochs)
+    model._effcnn_compiled_for = (steps, epochs)
     return model
 
 
-def build(recipe: Recipe | str | os.PathLike, weights: str | os.PathLike | None = None) -> keras.Model:
+def _outputs_logits(model: keras.Model) -> bool:
+    """False when the model ends in an activation layer (``classifier_activation``), i.e. outputs probabilities."""
+    last = model.layers[-1]
+    return not isinstance(last, keras.layers.Activation) or keras.activations.serialize(last.activation) == "linear"
+
+
+# keras.applications-style model arguments, as opposed to recipe fields.
+MODEL_ARGS = ("num_classes", "classes", "input_shape", "include_top", "pooling", "classifier_activation")
+
+
+def build(recipe: Recipe | str | os.PathLike, weights: str | os.PathLike | None = None, *,
+          num_classes: int | None = None, classes: int | None = None, input_shape: Sequence[int] | None = None,
+          include_top: bool = True, pooling: str | None = None,
+          classifier_activation: str | None = None) -> keras.Model:
     """Builds and compiles the recipe's model; ``model.training_plan`` is the recipe.
 
     Args:
         recipe: a :class:`Recipe`, a registered recipe name, or a recipe JSON file.
-        weights: ``None``; a shipped weight name (``"mnist"``, ``"cifar10"``, see
-            :func:`pretrained_weights`); or a ``.weights.h5`` / ``.keras`` path.
+        weights: ``None``; a preset name or alias (``"mnist"``, ``"cifar10"``, see
+            ``keras_effcnn.presets`` and :func:`pretrained_weights`); or a
+            ``.weights.h5`` / ``.keras`` path. With another head than the weights'
+            the trunk loads and the head starts fresh (logged in one line).
+        num_classes: classes of the head (default: the recipe dataset's); ``classes`` is an alias.
+        input_shape: ``(height, width, channels)`` (default: the dataset's);
+            height and width may be ``None`` for the global-pooling nets.
+        include_top: with the classifier. Without it the model is a feature
+            extractor and is returned uncompiled (it has no loss).
+        pooling: ``None``, ``"avg"`` or ``"max"`` with ``include_top=False``.
+        classifier_activation: None (logits, the default) or e.g. ``"softmax"``.
+
+    Returns:
+        A :class:`~keras_effcnn.recipe_model.RecipeModel` (a
+        :class:`~keras_effcnn.recipe_model.SAMRecipeModel` when the recipe uses SAM).
+
+    Example:
+
+    ```python
+    model = build("cifar10_140k", weights="cifar10", num_classes=5)
+    model.fit(x, y, epochs=3)     # integer labels 0..4; the one-cycle LR spans these 3 epochs
+    ```
     """
     recipe = resolve(recipe)
     keras.utils.set_random_seed(recipe.seed)
-    model = models.build(recipe.model, num_classes=recipe.num_classes, **recipe.model_options)
+    num_classes = models.resolve_num_classes(num_classes, classes, default=recipe.num_classes)
+    base = models.build(recipe.model, input_shape=input_shape, num_classes=num_classes, include_top=include_top,
+                        pooling=pooling, classifier_activation=classifier_activation, **recipe.model_options)
     if recipe.sam_rho > 0:
-        from keras_effcnn.sam import SAMModel
-
-        model = SAMModel.from_model(model, rho=recipe.sam_rho, adaptive=recipe.sam_adaptive)
-    compile_model(model, recipe)
+        model = SAMRecipeModel(inputs=base.input, outputs=base.output, name=base.name, recipe=recipe.to_dict(),
+                               rho=recipe.sam_rho, adaptive=recipe.sam_adaptive)
+    else:
+        model = RecipeModel(inputs=base.input, outputs=base.output, name=base.name, recipe=recipe.to_dict())
     model.training_plan = recipe
     if weights is not None:
-        load_weights(model, weights)
+        models.load_weights(model, weights, builder=recipe.model, options=recipe.model_options)
+    if include_top:
+        compile_model(model, recipe)
     return model
 
 
@@ -245,7 +299,7 @@ def augmentations(recipe: Recipe) -> list[Callable]:
     if recipe.cutout_length:
         fns.append(augment.cutout(recipe.cutout_length, seed=recipe.seed + 1))
     if recipe.mixup_alpha:
-        fns.append(augment.mixup(recipe.mixup_alpha, seed=recipe.seed + 2))
+        fns.append(augment.mixup(recipe.mixup_alpha, mode="batch", seed=recipe.seed + 2))
     return fns
 
 
@@ -293,7 +347,7 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
         epochs: int | None = None, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: Any = "auto",
         subset: int | None = None, source: str = "auto", track_test: bool = False,
         evaluate_test: bool = True, out: str | os.PathLike | None = None,
-        save_every_steps: int | None = 100) -> TrainResult:
+        save_every_steps: int | None = 100, distribution=None) -> TrainResult:
     """Trains ``model`` with its recipe on the real data, then evaluates on the test set.
 
     The training data are epoch-pure (``keras_effcnn.data.load``): with ``out``
@@ -320,6 +374,10 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
             existing checkpoint there is resumed (``ResumableCheckpoint``).
         save_every_steps: with ``out``, also checkpoint every this many batches
             (None: at epoch ends only).
+        distribution: a ``keras_effcnn.distribute.DataParallelEngine`` (tf.distribute
+            MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX, one
+            process or several); build the model inside its ``scope()``. The recipe's
+            ``batch_size`` is the global batch; see docs/backends.md.
 
     Returns:
         A :class:`TrainResult`; ``test`` holds the final epoch's test metrics,
@@ -337,6 +395,12 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
     result = fit(model, "../shared/data", out="runs/mnist")  # killed? the same call resumes
     ```
     """
+    if distribution is not None:
+        distribution.check_model(model)
+        with distribution.scope():  # compile, fit and evaluate on the engine's replicas
+            return fit(model, data_dir, recipe=recipe, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                       subset=subset, source=source, track_test=track_test, evaluate_test=evaluate_test, out=out,
+                       save_every_steps=save_every_steps)
     recipe = recipe or getattr(model, "training_plan", None)
     if recipe is None:
         raise ValueError("model has no training_plan; build it with keras_effcnn.recipes.build or pass recipe=")
@@ -346,6 +410,9 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
                        validation_split=recipe.validation_split, seed=recipe.seed,
                        augment=augmentations(recipe), subset=subset, source=source)
     _check_input_shape(model, splits.info.input_shape)
+    _check(model.output_shape[-1] == splits.info.num_classes, "model output", model.output_shape,
+           f"{splits.info.num_classes} classes for {recipe.dataset}; recipes.fit trains on the recipe's dataset: "
+           "fit a model with another head with model.fit on your own data")
     steps = splits.info.steps_per_epoch
     if getattr(model, "_effcnn_compiled_for", None) != (steps, epochs):
         compile_model(model, recipe, steps, epochs)
@@ -405,32 +472,27 @@ def _check_input_shape(model: keras.Model, input_shape: Sequence[int]) -> None:
 
 # ----------------------------------------------------------------------------- weights
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-_PRETRAINED = {"mnist": ("mnist_1500", "mnist_1500.weights.h5"), "cifar10": ("cifar10_140k", "cifar10_140k.weights.h5")}
+WEIGHTS_DIR = presets.WEIGHTS_DIR
 
 
 def pretrained_weights(name: str) -> Path:
-    """Path of a shipped weight file (``"mnist"`` or ``"cifar10"``)."""
-    if name not in _PRETRAINED:
-        raise ValueError(f"unknown pretrained weights {name!r}; shipped: {sorted(_PRETRAINED)}")
-    path = WEIGHTS_DIR / _PRETRAINED[name][1]
+    """Path of a shipped weight file: a preset (``"mnist_1500"``, ``"cifar10_140k"``) or alias (``"mnist"``, ``"cifar10"``)."""
+    if not presets.is_preset(name):
+        raise ValueError(f"unknown pretrained weights {name!r}; shipped: {presets.list_presets()} "
+                         "(or their aliases 'mnist', 'cifar10')")
+    path = presets.get_preset(name).weights_path
     if not path.exists():
         raise FileNotFoundError(f"shipped weights {path.name} are missing from this installation ({path})")
     return path
 
 
 def load_weights(model: keras.Model, weights: str | os.PathLike) -> None:
-    path = pretrained_weights(str(weights)) if str(weights) in _PRETRAINED else Path(weights)
-    if not path.exists():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".keras":
-        source = keras.saving.load_model(path, safe_mode=True, compile=False)
-        model.set_weights(source.get_weights())
+    """Loads a preset's or a file's weights into ``model`` (see ``keras_effcnn.models.load_weights``)."""
+    recipe = getattr(model, "training_plan", None)
+    if recipe is None:
+        models.load_weights(model, weights)
     else:
-        with warnings.catch_warnings():
-            # The file also holds the training optimizer's state, which inference does not need.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(path)
+        models.load_weights(model, weights, builder=recipe.model, options=recipe.model_options)
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -471,7 +533,8 @@ def get(name: str) -> Callable[..., keras.Model]:
     recipe = resolve(name)
 
     def builder(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
-        return build(recipe.replace(**changes) if changes else recipe, weights=weights)
+        model_args = {k: changes.pop(k) for k in MODEL_ARGS if k in changes}
+        return build(recipe.replace(**changes) if changes else recipe, weights=weights, **model_args)
 
     builder.__name__ = recipe.name
     return builder
@@ -505,11 +568,18 @@ def mnist_phase3_blurpool() -> Recipe:
                                                 description="+ BlurPool anti-aliased downsampling")
 
 
+# Phase 4 is two rows so that each adds one thing: our block layout (no SE), then SE on it.
+@register_recipe
+def mnist_phase4_layout() -> Recipe:
+    return mnist_phase3_blurpool().replace(name="mnist_phase4_layout", model="effcnn_mnist", model_options={},
+                                           description="+ our block layout: no 1x1 transitions, BN before ReLU, "
+                                                       "BlurMaxPool (no SE)")
+
+
 @register_recipe
 def mnist_phase4_se() -> Recipe:
-    return mnist_phase3_blurpool().replace(name="mnist_phase4_se", model="effcnn_mnist",
-                                           model_options=dict(se_ratio=0.25),
-                                           description="+ squeeze-and-excitation (our block layout)")
+    return mnist_phase4_layout().replace(name="mnist_phase4_se", model_options=dict(se_ratio=0.25),
+                                         description="+ squeeze-and-excitation")
 
 
 @register_recipe
@@ -572,10 +642,52 @@ _RECIPES["paper_cifar10"] = _paper_cifar10_recipe
 
 
 def mnist_1500(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
-    """Our <=1,500-parameter MNIST recipe as a compiled model (``weights="mnist"`` loads the shipped weights)."""
+    """Our <=1,500-parameter MNIST recipe as a compiled model (``weights="mnist"`` loads the shipped weights).
+
+    Args:
+        weights: None, a preset (``"mnist"``) or a file; see :func:`build`.
+        **changes: keras.applications-style model arguments (``num_classes``,
+            ``classes``, ``input_shape``, ``include_top``, ``pooling``,
+            ``classifier_activation``; see :func:`build`) and recipe fields to change
+            (``epochs=5``, ``label_smoothing=0.1``...).
+    """
     return get("mnist_1500")(weights=weights, **changes)
 
 
 def cifar10_140k(weights: str | os.PathLike | None = None, **changes: Any) -> keras.Model:
-    """Our <=140,000-parameter CIFAR-10 recipe as a compiled model (``weights="cifar10"`` loads the shipped weights)."""
+    """Our <=140,000-parameter CIFAR-10 recipe as a compiled model (``weights="cifar10"`` loads the shipped weights).
+
+    Args:
+        weights: None, a preset (``"cifar10"``) or a file; see :func:`build`.
+        **changes: keras.applications-style model arguments (``num_classes``,
+            ``classes``, ``input_shape``, ``include_top``, ``pooling``,
+            ``classifier_activation``; see :func:`build`) and recipe fields to change.
+
+    Example:
+
+    ```python
+    model = cifar10_140k(weights="cifar10", num_classes=2)   # pretrained trunk, new 2-class head
+    model.fit(x_train, y_train, epochs=3)                     # integer labels
+    ```
+    """
     return get("cifar10_140k")(weights=weights, **changes)
+
+
+# ----------------------------------------------------------------------------- fast variants (SPEED, issue 12)
+
+
+@register_recipe
+def mnist_1500_fast() -> Recipe:
+    """``mnist_1500`` at batch 256 (LR scaled by sqrt(4) to 0.2) for 20 epochs instead of 45.
+
+    The effcnn_mnist train step runs ~1.5x more images per CPU-second at batch
+    256 than at 64 (``benchmarks/results/levers.md``), and 20 epochs are 44 % of
+    mnist_1500's. Measured by ``benchmarks/time_to_accuracy.py`` (seeds 0-2, a
+    shared 2-core machine; ``benchmarks/results/time_to_accuracy.md``): final-epoch
+    test accuracy 99.21 / 99.21 / 99.02 %, 99.2 % first reached after 297 s and
+    336 s of training (seeds 0, 1), not reached by seed 2. It is the quick
+    recipe, not the most accurate one (``mnist_1500``).
+    """
+    return get_recipe("mnist_1500").replace(
+        name="mnist_1500_fast", batch_size=256, learning_rate=0.2, epochs=20,
+        description="mnist_1500 at batch 256, sqrt-scaled LR, 20 epochs: ~5 min on 2 cores, 99.0-99.2 % (3 seeds)")

@@ -15,9 +15,11 @@ are left out of its default space.
 
 A configuration whose model has more trainable parameters than ``budget`` is
 never trained. The tuners made by :func:`make_tuner` reject it in the oracle,
-before a trial exists, and draw again, so rejections neither use up
-``max_trials`` nor count as failed trials; the summary reports how many were
-rejected. (``RecipeHyperModel.build`` also raises
+before a trial exists, and replace it by an in-budget draw, so rejections
+neither use up ``max_trials`` nor count as failed trials; the summary reports
+how many were rejected. Only KerasTuner's public API is used: the oracles wrap
+``Oracle.populate_space``, the search space is given to the oracle up front,
+and :class:`RecipeTuner` overrides ``Tuner.run_trial``. (``RecipeHyperModel.build`` also raises
 ``keras_tuner.errors.FailedTrialError`` for an over-budget configuration, which
 covers a stock KerasTuner tuner driving the hypermodel.)
 
@@ -41,6 +43,7 @@ import functools
 import inspect
 import json
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -431,15 +434,32 @@ def _validate(model: keras.Model, recipe: Recipe, data_dir, subset: int | None, 
 # ----------------------------------------------------------------------------- budget-aware oracles
 
 
-class _BudgetFilter:
-    """Oracle mixin: a configuration over the budget is redrawn, never made a trial.
+def _config_key(values: Mapping[str, Any]) -> str:
+    """A configuration's identity: its active values without Hyperband's ``tuner/`` bookkeeping."""
+    return json.dumps({k: _plain(v) for k, v in values.items() if not k.startswith("tuner/")},
+                      sort_keys=True, default=str)
 
-    Every new configuration of random search, Hyperband and the initial points
-    of Bayesian optimisation comes from ``_random_values``; this mixin redraws
-    there until the model fits, counting each rejection (kept in the oracle's
-    saved state, so resumed and distributed searches report it too). After
-    ``max_rejections`` rejections in a row the space is taken to have no
-    configuration within the budget and the search stops.
+
+class _BudgetFilter:
+    """Oracle mixin: a configuration over the budget never becomes a trial.
+
+    Written against KerasTuner's public oracle API only: the stock oracle's
+    ``populate_space`` proposes a configuration (random search, Hyperband's
+    new round-0 configurations, Bayesian optimisation's random points and
+    Gaussian-process proposals); when it is over the budget it is counted and
+    replaced by a random configuration within the budget, drawn from the
+    public search space (``get_space()``, ``HyperParameter.random_sample``),
+    that no trial has used. Bookkeeping values the oracle attached to the
+    proposal (Hyperband's ``tuner/epochs``, bracket and round) are kept, so the
+    trial still fills the slot the oracle reserved for it. Hyperband's
+    promotions retrain configurations that already trained, so they are within
+    the budget by construction.
+
+    Rejections are counted once per distinct configuration and kept in the
+    oracle's saved state, so resumed and distributed searches report them too.
+    After ``max_rejections`` draws in a row that were over the budget or already
+    used, the space is taken to have no further configuration within the
+    budget: ``budget_exhausted`` is set and the search stops.
     """
 
     def __init__(self, *args, count_params: Callable[[Mapping[str, Any]], int] | None = None,
@@ -449,47 +469,66 @@ class _BudgetFilter:
         self.max_rejections = int(max_rejections)
         self.rejected_over_budget = 0
         self.budget_exhausted = False
+        self.rejected_configurations: set[str] = set()
+        self.budget_draws = 0  # seeds this mixin's own random draws (saved, so resumes continue the stream)
         super().__init__(*args, **kwargs)
 
     def within_budget(self, values: Mapping[str, Any]) -> bool:
+        """Whether ``values`` builds a model within the budget; counts a new over-budget configuration."""
         if self.budget is None or self.count_params is None:
             return True
         if self.count_params(values) <= self.budget:
             return True
-        self.rejected_over_budget += 1
-        self._tried_so_far.add(self._compute_values_hash(values))
+        key = _config_key(values)
+        if key not in self.rejected_configurations:
+            self.rejected_configurations.add(key)
+            self.rejected_over_budget += 1
         return False
 
-    def _random_values(self):
-        for rejected in range(self.max_rejections):
-            values = super()._random_values()
-            if values is None:
-                # The space ran out of untried configurations while rejecting oversized ones.
-                self.budget_exhausted = self.budget_exhausted or rejected > 0
-                return None
-            if self.within_budget(values):
+    def random_configuration(self) -> dict[str, Any]:
+        """One random configuration of the search space (active hyperparameters only)."""
+        rng = random.Random(f"{self.seed}-{self.budget_draws}")
+        self.budget_draws += 1
+        hps = kt.HyperParameters()
+        for hp in self.get_space().space:
+            hps.merge([hp])
+            if hps.is_active(hp):
+                hps.values[hp.name] = hp.random_sample(rng.randrange(2**31))
+        return hps.values
+
+    def draw_within_budget(self) -> dict[str, Any] | None:
+        """A random configuration within the budget that no trial has used, or None."""
+        used = {_config_key(t.hyperparameters.values) for t in self.trials.values()}
+        for _ in range(self.max_rejections):
+            values = self.random_configuration()
+            if _config_key(values) not in used and self.within_budget(values):
                 return values
-        self.budget_exhausted = True
         return None
 
     def populate_space(self, trial_id):
-        rejected = self.rejected_over_budget
-        response = self._populate_within_budget(trial_id)
-        if self.rejected_over_budget != rejected and response.get("status") != "RUNNING":
-            self.save()  # a stop after rejections creates no trial, which would otherwise save the count
-        return response
-
-    def _populate_within_budget(self, trial_id):
-        return super().populate_space(trial_id)
+        response = super().populate_space(trial_id)
+        values = response.get("values")
+        if response.get("status") != "RUNNING" or self.within_budget(values):
+            return response
+        replacement = self.draw_within_budget()
+        if replacement is None:
+            self.budget_exhausted = True
+            self.save()  # no trial is created, which would otherwise save the counts
+            return {"status": "STOPPED", "values": None}
+        bookkeeping = {k: v for k, v in values.items() if k.startswith("tuner/")}
+        return {"status": "RUNNING", "values": {**replacement, **bookkeeping}}
 
     def get_state(self):
         return {**super().get_state(), "rejected_over_budget": self.rejected_over_budget,
-                "budget_exhausted": self.budget_exhausted}
+                "budget_exhausted": self.budget_exhausted, "budget_draws": self.budget_draws,
+                "rejected_configurations": sorted(self.rejected_configurations)}
 
     def set_state(self, state):
         super().set_state(state)
         self.rejected_over_budget = int(state.get("rejected_over_budget", 0))
         self.budget_exhausted = bool(state.get("budget_exhausted", False))
+        self.budget_draws = int(state.get("budget_draws", 0))
+        self.rejected_configurations = set(state.get("rejected_configurations", ()))
 
 
 class BudgetedRandomSearchOracle(_BudgetFilter, kt.oracles.RandomSearchOracle):
@@ -501,15 +540,11 @@ class BudgetedHyperbandOracle(_BudgetFilter, kt.oracles.HyperbandOracle):
 
 
 class BudgetedBayesianOptimizationOracle(_BudgetFilter, kt.oracles.BayesianOptimizationOracle):
-    """``BayesianOptimizationOracle`` that never proposes a configuration over the parameter budget."""
+    """``BayesianOptimizationOracle`` that never proposes a configuration over the parameter budget.
 
-    def _populate_within_budget(self, trial_id):
-        response = super()._populate_within_budget(trial_id)
-        if response["status"] == "RUNNING" and not self.within_budget(response["values"]):
-            # The Gaussian process only sees trained trials, so it cannot learn the budget:
-            # an over-budget proposal is replaced by an in-budget random draw.
-            response = self._random_populate_space()
-        return response
+    The Gaussian process only sees trained trials, so it cannot learn the budget:
+    an over-budget proposal is replaced by an in-budget random draw.
+    """
 
 
 # ----------------------------------------------------------------------------- the tuner
@@ -592,14 +627,12 @@ class RecipeTuner(kt.Tuner):
         self.idle_wait_s = idle_wait_s
         self._awaiting_trial = False
         self.trained_trials: list[str] = []  # ids of the trials this process trained
-        super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
-
-    def _populate_initial_space(self):
-        # The stock version builds a model to discover conditional hyperparameters;
-        # ours are all declared up front, so no model is built (or rejected) at start.
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
+        # The whole space is declared in the oracle up front (`make_tuner` passes it as the
+        # oracle's `hyperparameters`). With a hypermodel, KerasTuner would also build models
+        # at start to discover conditional hyperparameters, refusing an over-budget base
+        # recipe; without one it doesn't, and `run_trial` (overridden) builds each trial.
+        super().__init__(oracle=oracle, hypermodel=None, **kwargs)
+        self.hypermodel = hypermodel
 
     def pre_create_trial(self):
         if self._awaiting_trial:
@@ -696,7 +729,8 @@ def make_tuner(hypermodel: RecipeHyperModel, tuner: str = "random", *, max_trial
         project_name: default ``<recipe>-<tuner>``.
         overwrite: start afresh, deleting the project.
         seed: the oracle's seed (default the base recipe's seed).
-        max_rejections: over-budget draws in a row after which the search stops.
+        max_rejections: draws in a row that are over the budget or already used after
+            which the search stops (no further configuration within the budget).
         factor: Hyperband's reduction factor (``max_epochs`` is the recipe's epochs).
         num_initial_points: Bayesian optimisation's random trials before the
             Gaussian process (default ``max(3, max_trials // 3)``).
@@ -712,7 +746,9 @@ def make_tuner(hypermodel: RecipeHyperModel, tuner: str = "random", *, max_trial
         raise ValueError(f"max_trials={max_trials!r} is not allowed: max_trials must be an integer >= 1")
     if max_rejections < 1:
         raise ValueError(f"max_rejections={max_rejections!r} is not allowed: max_rejections must be >= 1")
-    common = dict(objective=kt.Objective(OBJECTIVE, direction="max"),
+    space = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(space)
+    common = dict(objective=kt.Objective(OBJECTIVE, direction="max"), hyperparameters=space,
                   seed=hypermodel.base_recipe.seed if seed is None else seed,
                   max_consecutive_failed_trials=max_consecutive_failed_trials,
                   count_params=hypermodel.count_params, budget=hypermodel.budget, max_rejections=max_rejections)

@@ -15,8 +15,10 @@ import pytest
 import tensorflow as tf
 
 from keras_effcnn import export
+from keras_effcnn.export import convert, diagnose, flatbuffer
 from keras_effcnn.layers import BlurPool2D, ConvBNAct, DepthwiseSeparableBlock, SqueezeExcite
 
+SOFTMAX_STEP = 1 / 256  # TFLite's fixed int8 quantization of softmax outputs
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MODES = {  # name -> (quantize, int8_io)
     "float32": (None, None),
@@ -109,9 +111,15 @@ def test_float16_and_dynamic_are_close_to_keras(exported, keras_probs, mnist, mo
 def test_int8_top1_agrees_with_keras_on_real_images(exported, keras_probs, mnist, mode):
     probs = export.run_tflite(exported[mode].path, mnist[2])
     assert np.mean(probs.argmax(1) == keras_probs.argmax(1)) >= 0.95
-    # Softmax outputs quantized to 8 bits: within a few steps of 1/256.
-    assert np.max(np.abs(probs - keras_probs)) < 0.25
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.05)
+    # The int8 softmax output has scale 1/256: every probability is a whole number of steps.
+    np.testing.assert_allclose(probs * 256, np.round(probs * 256), atol=1e-3)
+    # Rounding every activation to int8 moves a probability by about one step of 1/256 on
+    # average (measured 1.1); a near-tie image moves more (measured at most 21 steps).
+    diff = np.abs(probs - keras_probs)
+    assert diff.mean() < 2 * SOFTMAX_STEP
+    assert diff.max() < 32 * SOFTMAX_STEP
+    # Each of the 10 outputs rounds by at most half a step: the sum is 1 within 5 steps.
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=5 * SOFTMAX_STEP)
 
 
 def test_dynamic_quantizes_large_weights_only(exported):
@@ -220,7 +228,8 @@ def test_report_fields_and_files(exported):
 
     path = Path(report.path)
     assert report.size_bytes == path.stat().st_size
-    assert report.input.shape == [-1, 28, 28, 1] and report.output.shape == [-1, 10]
+    # A static batch of 1: what TFLM needs (it never resizes) and what a phone runs.
+    assert report.input.shape == [1, 28, 28, 1] and report.output.shape == [1, 10]
     saved = json.loads(path.with_name("tiny_int8_io_uint8.report.json").read_text())
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert saved["quantize"] == "int8" and saved["int8_io"] == "uint8"
@@ -229,18 +238,35 @@ def test_report_fields_and_files(exported):
     assert "DEPTHWISE_CONV_2D" in markdown and f"{report.size_bytes} bytes" in markdown
 
 
+def _litert_by_hand(path, images):
+    """LiteRT's default interpreter (XNNPACK, as on Android), one image per invoke, float I/O."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], (image[None] / 255.0).astype(np.float32))
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0])
+    return np.array(results)
+
+
 def test_evaluate_tflite(exported, trained, keras_probs, mnist):
     path = exported["int8"].path
     result = export.evaluate_tflite(path, mnist[2], mnist[3], keras_model=trained, latency_runs=20)
-    probs = export.run_tflite(path, mnist[2])
+    # References computed without the module: a hand loop over LiteRT and Keras' own outputs.
+    by_hand = _litert_by_hand(path, mnist[2])
     assert result["num_images"] == 500
-    assert result["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == mnist[3]))
+    assert result["accuracy"] == pytest.approx(np.mean(by_hand.argmax(1) == mnist[3]))
     assert result["keras_accuracy"] == pytest.approx(np.mean(keras_probs.argmax(1) == mnist[3]))
     assert result["accuracy_drop_pp"] == pytest.approx(100 * (result["keras_accuracy"] - result["accuracy"]))
-    assert result["agreement"] == pytest.approx(np.mean(probs.argmax(1) == keras_probs.argmax(1)))
-    assert 0 < result["latency_ms"] < 100
+    assert result["agreement"] == pytest.approx(np.mean(by_hand.argmax(1) == keras_probs.argmax(1)))
+    assert result["max_abs_diff"] == pytest.approx(np.max(np.abs(by_hand - keras_probs)), abs=1e-6)
+    assert np.isfinite(result["latency_ms"]) and result["latency_ms"] > 0
     assert result["size_bytes"] == exported["int8"].size_bytes
-    assert export.input_shape(path) == (None, 28, 28, 1)
+    assert export.input_shape(path) == (1, 28, 28, 1)
     # One-hot labels and float images give the same accuracy.
     same = export.evaluate_tflite(path, mnist[2] / 255.0, np.eye(10)[mnist[3]], latency_runs=1)
     assert same["accuracy"] == result["accuracy"] and "agreement" not in same
@@ -250,19 +276,19 @@ def test_representative_data_forms_agree(mnist):
     """An array, a batched tf.data of (image, label) pairs and a list of floats give the same images."""
     images = mnist[0][:64]
     shape = (None, 28, 28, 1)
-    from_array = export._calibration_images(images, 64, shape)
-    from_dataset = export._calibration_images(
+    from_array = convert._calibration_images(images, 64, shape)
+    from_dataset = convert._calibration_images(
         tf.data.Dataset.from_tensor_slices((images, mnist[1][:64])).batch(10), 64, shape)
-    from_list = export._calibration_images([image[..., 0] / 255.0 for image in images], 64, shape)
+    from_list = convert._calibration_images([image[..., 0] / 255.0 for image in images], 64, shape)
     np.testing.assert_array_equal(from_array, images.astype(np.float32) / 255.0)
     np.testing.assert_allclose(from_dataset, from_array, atol=1e-7)
     np.testing.assert_allclose(from_list, from_array, atol=1e-7)
     # From an array a seeded random subset, from an iterable the first images.
-    subset = export._calibration_images(mnist[0], 50, shape)
+    subset = convert._calibration_images(mnist[0], 50, shape)
     assert subset.shape == (50, 28, 28, 1)
     assert not np.array_equal(subset, mnist[0][:50] / 255.0)
-    np.testing.assert_array_equal(subset, export._calibration_images(mnist[0], 50, shape))
-    assert len(export._calibration_images(iter(images), 20, shape)) == 20
+    np.testing.assert_array_equal(subset, convert._calibration_images(mnist[0], 50, shape))
+    assert len(convert._calibration_images(iter(images), 20, shape)) == 20
 
 
 def test_bad_arguments(trained, mnist, tmp_path):
@@ -320,9 +346,6 @@ def test_mixed_float16_model_exports_as_float32(tmp_path):
     np.testing.assert_allclose(probs, model.predict(images, verbose=0), atol=5e-3)  # float16 rounding
 
 
-SOFTMAX_STEP = 1 / 256  # TFLite's fixed int8 quantization of softmax outputs
-
-
 def test_dead_relu_scale_is_widened_so_xnnpack_loads_the_file(tmp_path, monkeypatch):
     """An SE bottleneck that is dead on every calibration image gets a ~0 int8 scale,
     which XNNPACK rejects; the widened scale loads and computes exactly the same."""
@@ -340,7 +363,7 @@ def test_dead_relu_scale_is_widened_so_xnnpack_loads_the_file(tmp_path, monkeypa
     assert fixed.xnnpack
     assert len(fixed.widened_tensors) == 1 and "se" in fixed.widened_tensors[0]
 
-    monkeypatch.setattr(export, "_widen_degenerate_scales", lambda model: [])
+    monkeypatch.setattr(flatbuffer, "_widen_degenerate_scales", lambda model: [])
     with pytest.warns(UserWarning, match="XNNPACK"):
         raw = export.to_tflite(model, tmp_path / "raw.tflite", quantize="int8", representative_data=images,
                                report=False)
@@ -411,7 +434,7 @@ def test_unsupported_op_in_a_sublayer_names_the_path(tmp_path):
 
 def test_layer_probe_finds_the_layer_without_locations(tmp_path, monkeypatch):
     # If the converter's message carries no usable scope, each layer is converted alone.
-    monkeypatch.setattr(export, "_layers_from_scope", lambda model, scope: [])
+    monkeypatch.setattr(diagnose, "_layers_from_scope", lambda model, scope: [])
     with pytest.raises(export.ExportError, match="converting each layer alone") as info:
         export.to_tflite(_model_with(SpectralMagnitude(name="odd_one")), tmp_path / "bad.tflite")
     assert info.value.layers == ["odd_one"]

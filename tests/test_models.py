@@ -67,7 +67,7 @@ def test_paper_mnist_phases_change_the_count_as_the_formula_says():
 
 
 def test_unknown_model_and_bad_shapes():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="`model` must be one of"):
         models.build("resnet9000")
     with pytest.raises(ValueError, match="input_shape"):
         models.build("effcnn_mnist", input_shape=(28, 28))

@@ -18,7 +18,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
-EXPECTED = ("01_quickstart", "02_build_your_own", "03_phases_on_mnist", "04_tuning", "05_export_android")
+EXPECTED = ("01_quickstart", "02_build_your_own", "03_phases_on_mnist", "04_tuning", "05_export_android",
+            "06_export_micro", "07_fine_tune")
 CELL_TIMEOUT_S = 300
 
 # Files each notebook must leave in its output folder: evidence that it got to its end.
@@ -29,6 +30,9 @@ PRODUCES = {
     "03_phases_on_mnist": [],
     "04_tuning": ["tuning/mnist_1500-random/best_recipe.json"],
     "05_export_android": ["mnist_float32.tflite", "mnist_int8.tflite", "mnist_int8_uint8_io.tflite"],
+    "06_export_micro": ["mnist_int8.tflite", "mnist_int8_mcu.tflite", "firmware/mnist_model.cc",
+                        "firmware/mnist_model.h"],
+    "07_fine_tune": ["cat_dog.keras"],
 }
 
 

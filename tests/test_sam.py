@@ -1,4 +1,5 @@
-"""SAMModel against a hand-written TensorFlow reference of the SAM / ASAM update."""
+"""SAMModel against a hand-written reference of the SAM / ASAM update (NumPy, with
+gradients from raw TF ops), on the active Keras backend (TensorFlow or JAX)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from keras_effcnn.sam import SAMModel
 from keras_effcnn.schedules import OneCycle
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-3
+# Which of the weights below are ASAM "weights" (T = |w| + eta) rather than biases or
+# BatchNorm offsets (T = 1): conv kernel, conv bias, gamma, beta, dense kernel, dense bias.
+ADAPTIVE_MASK = (True, False, True, False, True, False)
+
+pytestmark = pytest.mark.backend_neutral
 
 
 def _build(cls=SAMModel, **kwargs):
@@ -56,8 +62,11 @@ def _grad(weights, x, y, sw=None):
     return [g.numpy().astype("float64") for g in tape.gradient(loss, ws)], float(loss)
 
 
-def _reference_step(weights, x, y, lr, rho, adaptive=False, splits=1, sw=None):
-    """SGD (no momentum) at w with the gradient taken at w + eps, per batch part."""
+def _reference_step(weights, x, y, lr, rho, adaptive=False, splits=1, sw=None, eta=0.01):
+    """SGD (no momentum) at w with the gradient taken at w + eps, per batch part.
+
+    ASAM as in Kwon et al.'s `ascent_step`: T = |w| + eta for weights, 1 for biases.
+    """
     w = [np.asarray(v, "float64") for v in weights]
     n = len(x)
     bounds = np.cumsum([0] + [n // splits + (i < n % splits) for i in range(splits)])
@@ -66,8 +75,9 @@ def _reference_step(weights, x, y, lr, rho, adaptive=False, splits=1, sw=None):
         part_sw = None if sw is None else sw[lo:hi]
         g, _ = _grad([v.astype("float32") for v in w], x[lo:hi], y[lo:hi], part_sw)
         if adaptive:
-            norm = np.sqrt(sum(np.sum((np.abs(v) * gi) ** 2) for v, gi in zip(w, g)))
-            eps = [rho * v**2 * gi / norm for v, gi in zip(w, g)]
+            t = [np.abs(v) + eta if is_weight else np.ones_like(v) for v, is_weight in zip(w, ADAPTIVE_MASK)]
+            norm = np.sqrt(sum(np.sum((ti * gi) ** 2) for ti, gi in zip(t, g)))
+            eps = [rho * ti**2 * gi / norm for ti, gi in zip(t, g)]
         else:
             norm = np.sqrt(sum(np.sum(gi**2) for gi in g))
             eps = [rho * gi / norm for gi in g]
@@ -159,20 +169,21 @@ def test_adam_with_schedule_takes_a_sign_step_along_the_sharp_gradient():
 
 def test_config_and_keras_roundtrip(tmp_path):
     x, y = _data(n=8)
-    model = _compile(_build(rho=0.3, adaptive=True, num_splits=2, eps=1e-9))
+    model = _compile(_build(rho=0.3, adaptive=True, num_splits=2, eps=1e-9, eta=0.02))
     model.train_on_batch(x, y)
     config = model.get_config()
-    assert (config["rho"], config["adaptive"], config["num_splits"], config["eps"]) == (0.3, True, 2, 1e-9)
+    assert (config["rho"], config["adaptive"], config["num_splits"], config["eps"], config["eta"]) == (
+        0.3, True, 2, 1e-9, 0.02)
     path = tmp_path / "sam.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is SAMModel
-    assert (loaded.rho, loaded.adaptive, loaded.num_splits, loaded.eps) == (0.3, True, 2, 1e-9)
+    assert (loaded.rho, loaded.adaptive, loaded.num_splits, loaded.eps, loaded.eta) == (0.3, True, 2, 1e-9, 0.02)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     # The restored model trains exactly like the original.
     w = [v.numpy() for v in loaded.trainable_variables]
     loaded.train_on_batch(x, y)
-    want = _reference_step(w, x, y, lr=0.1, rho=0.3, adaptive=True, splits=2)
+    want = _reference_step(w, x, y, lr=0.1, rho=0.3, adaptive=True, splits=2, eta=0.02)
     for got, ref in zip(loaded.trainable_variables, want):
         np.testing.assert_allclose(got.numpy(), ref, rtol=2e-4, atol=2e-6)
 
@@ -194,15 +205,44 @@ def test_from_model_shares_layers_and_trains_them():
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [(dict(rho=-0.1), "rho"), (dict(num_splits=0), "num_splits"), (dict(eps=0.0), "eps")],
+    [(dict(rho=-0.1), "rho"), (dict(num_splits=0), "num_splits"), (dict(eps=0.0), "eps"), (dict(eta=-1.0), "eta")],
 )
 def test_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         _build(**kwargs)
 
 
+def test_asam_perturbs_zero_biases_and_follows_eta():
+    # Zero-initialised biases have T = 1, so ASAM moves them (with T = |w| they never moved);
+    # eta = 0 changes the step, so the argument is used.
+    x, y = _data(n=8, seed=3)
+    steps = {}
+    for eta in (0.01, 0.0):
+        model = _compile(_build(rho=0.5, adaptive=True, eta=eta))
+        w0 = [v.numpy() for v in model.trainable_variables]
+        model.train_on_batch(x, y)
+        want = _reference_step(w0, x, y, lr=0.1, rho=0.5, adaptive=True, eta=eta)
+        for got, ref in zip(model.trainable_variables, want):
+            np.testing.assert_allclose(got.numpy(), ref, rtol=2e-4, atol=2e-6)
+        steps[eta] = [v.numpy() - w for v, w in zip(model.trainable_variables, w0)]
+    assert max(np.max(np.abs(a - b)) for a, b in zip(steps[0.01], steps[0.0])) > 1e-6
+
+
+def test_compiled_step_matches_reference():
+    # jit_compile=True: XLA on TensorFlow, jax.jit of the stateless step on JAX.
+    x, y = _data(n=8, seed=4)
+    model = _build(rho=0.5, adaptive=True, num_splits=2)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=True)
+    w0 = [v.numpy() for v in model.trainable_variables]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    want = _reference_step(w0, x, y, lr=0.1, rho=0.5, adaptive=True, splits=2)
+    for got, ref in zip(model.trainable_variables, want):
+        np.testing.assert_allclose(got.numpy(), ref, rtol=2e-4, atol=2e-6)
+
+
 def test_other_backends_get_a_clear_error(monkeypatch):
     model = _compile(_build())
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(NotImplementedError, match="TensorFlow backend"):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(NotImplementedError, match="TensorFlow and JAX backends"):
         model.train_step(_data(n=4))

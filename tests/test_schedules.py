@@ -62,6 +62,20 @@ def test_clr_matches_reference_over_three_cycles(mode, gamma):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
 
 
+def test_clr_exp_range_stays_exact_after_50k_steps():
+    """A gamma close to 1 over a long run: float32(gamma)**step would be 4e-4 off here."""
+    base, peak, half, gamma = 1e-4, 1e-2, 2_000, 0.99999
+    sched = CyclicalLearningRate(base, peak, half, mode="exp_range", gamma=gamma)
+    steps = np.arange(49_000, 51_001, 25)
+    got = keras.ops.convert_to_numpy(sched(steps)).astype("float64")
+    want = np.array([clr_reference(s, base, peak, half, "exp_range", gamma) for s in steps])
+    # Away from the troughs, where the float32 triangle (~1e-6 absolute) dominates.
+    up = want - base > 0.1 * (peak - base) * gamma**steps
+    assert up.sum() > 50
+    np.testing.assert_allclose(got[up], want[up], rtol=2e-5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+
+
 def test_clr_landmarks():
     base, peak, half = 0.01, 0.11, 8
     tri = CyclicalLearningRate(base, peak, half)

@@ -68,22 +68,60 @@ def test_average_and_batchnorm_statistics(mnist):
     np.testing.assert_allclose(recorder.lrs[: 2 * steps], 0.1, rtol=1e-6)
     np.testing.assert_allclose(recorder.lrs[2 * steps :], 0.02, rtol=1e-6)
 
-    # Moving statistics = average over the bn_data batches of each BN input's batch
-    # mean and biased variance, under the averaged weights (upstream BN in training mode).
+    # Moving statistics = mean and biased variance of each BN input pooled over all the
+    # bn_data batches, under the averaged weights (upstream BN in training mode).
+    _assert_pooled_statistics(model, _bn_batches(x))
+
+
+def _assert_pooled_statistics(model, batches):
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # Read before probing: the probe runs upstream BN in training mode, which moves their statistics.
     got = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
     probe = keras.Model(model.input, [bn.input for bn in bns])
-    stats = [[[], []] for _ in bns]
-    for batch in _bn_batches(x):
-        for acc, h in zip(stats, probe(batch, training=True)):
-            h = h.numpy().astype("float64").reshape(-1, h.shape[-1])
-            acc[0].append(h.mean(axis=0))
-            acc[1].append(h.var(axis=0))
-    for (mean, var), (means, variances) in zip(got, stats):
-        np.testing.assert_allclose(mean, np.mean(means, axis=0), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(var, np.mean(variances, axis=0), rtol=1e-4, atol=1e-6)
+    inputs = [[] for _ in bns]
+    for batch in batches:
+        for acc, h in zip(inputs, probe(batch, training=True)):
+            acc.append(np.asarray(h).astype("float64").reshape(-1, h.shape[-1]))
+    for (mean, var), acc in zip(got, inputs):
+        h = np.concatenate(acc)
+        # 1e-4: the per-batch moments are Keras's float32 reductions over ~10^4 values; the
+        # equal-weight estimator this replaces is off by > 1e-2 on the ragged case below.
+        np.testing.assert_allclose(mean, h.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(var, h.var(axis=0), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.backend_neutral
+def test_update_bn_pools_ragged_batches_exactly(mnist):
+    """192 samples in batches of 80, 80, 32: the last batch weighs 32/192 and the
+    variance includes the spread of the batch means (the per-batch average of
+    means and variances misses both)."""
+    x, _ = mnist
+    model = _model()
+    model(x[:2])
+    # Shift the second half so the batch means differ: the between-batch spread matters.
+    x = x + np.where(np.arange(len(x)) < 96, 0.0, 1.5).astype("float32")[:, None, None, None]
+    batches = tf.data.Dataset.from_tensor_slices(x).batch(80)
+    assert update_bn(model, batches) == 3
+    _assert_pooled_statistics(model, batches)
+    # The first BN sees conv(x) directly, so its reference needs no probe: pooled statistics
+    # of the whole set in one go, independent of how it was batched.
+    first = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][0]
+    update_bn(model, batches)  # undo the probe's moves
+    h = np.asarray(keras.Model(model.input, first.input)(x)).astype("float64").reshape(-1, 4)
+    np.testing.assert_allclose(first.moving_variance.numpy(), h.var(axis=0), rtol=1e-4, atol=1e-6)
+    equal_weights = np.mean([h[:80 * 144].var(axis=0), h[80 * 144:160 * 144].var(axis=0), h[160 * 144:].var(axis=0)], 0)
+    assert np.max(np.abs(equal_weights / h.var(axis=0) - 1)) > 1e-2  # the old estimator would fail
+
+
+def test_update_bn_rejects_batches_of_different_sizes():
+    inputs = keras.Input((None, None, 1))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3)(inputs)))
+    batches = [np.zeros((2, 8, 8, 1), "float32"), np.zeros((2, 10, 10, 1), "float32")]
+    with pytest.raises(ValueError, match="one input size"):
+        update_bn(model, batches)
+
+
+@pytest.mark.backend_neutral
 def test_update_bn_leaves_momentum_and_accepts_labelled_batches(mnist):
     x, y = mnist
     model = _model()
@@ -91,7 +129,7 @@ def test_update_bn_leaves_momentum_and_accepts_labelled_batches(mnist):
     bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][0]
     used = update_bn(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(96), steps=1)
     assert used == 1 and bn.momentum == 0.8
-    h = keras.Model(model.input, bn.input)(x[:96]).numpy().reshape(-1, 4)
+    h = np.asarray(keras.Model(model.input, bn.input)(x[:96])).reshape(-1, 4)
     np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(axis=0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(axis=0), rtol=1e-4, atol=1e-6)
 

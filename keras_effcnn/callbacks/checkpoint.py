@@ -22,6 +22,9 @@ next in the interrupted run. The data pipeline must produce the same batches
 for a given epoch in a new process (its epoch ``k`` must not depend on how
 often it was iterated before); see ``docs/reliability.md``.
 
+In multi-process training (``keras_effcnn.distribute``) process 0 writes and every
+process restores, so the directory must be shared by all of them.
+
 Writes are atomic (a temporary file, ``fsync``, then ``os.replace``) and the
 previous ``keep - 1`` checkpoints are kept, so a kill during a write leaves the
 last good checkpoint in place, and a damaged newest file (detected by the zip
@@ -273,6 +276,15 @@ def _assign(variables, values: Sequence[np.ndarray], what: str, path: Path) -> N
         var.assign(value.astype(var.dtype) if value.dtype != np.dtype(var.dtype) else value)
 
 
+def _is_writer() -> bool:
+    """Process 0 writes checkpoints; in multi-process (JAX) training every process restores them."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True
+
+
 def _history_value(value: Any) -> Any:
     try:
         return float(keras.ops.convert_to_numpy(value))
@@ -368,6 +380,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return arrays, {"callbacks": callbacks, "metrics_saved": with_metrics}
 
     def _save(self, epoch: int, batch: int) -> None:
+        if not _is_writer():
+            return
+        # JAX's fit trains a stateless copy of the variables and writes it back only at
+        # epoch ends; a mid-epoch checkpoint asks for that write first.
+        if batch and callable(getattr(self.model, "jax_state_sync", None)):
+            self.model.jax_state_sync()
         arrays, extra = self._state_arrays(with_metrics=batch > 0)
         meta = {"format": FORMAT_VERSION, "epoch": epoch, "batch": batch, "global_step": self._global_step,
                 "epochs": self.params.get("epochs"), "steps": self.params.get("steps"),
@@ -380,7 +398,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     # -- restoring ---------------------------------------------------------------
 
     def _remove_stale_temporaries(self) -> None:
-        if self.directory.is_dir():
+        if self.directory.is_dir() and _is_writer():
             for tmp in self.directory.glob(".ckpt-*.tmp"):
                 tmp.unlink(missing_ok=True)
 
@@ -416,27 +434,36 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             self._install_batch_skipper(ckpt.batch)
 
     def _install_batch_skipper(self, skip: int) -> None:
-        """Makes the first ``skip`` steps of the resumed epoch draw their batch and not train."""
-        if keras.backend.backend() != "tensorflow":
-            raise CheckpointError(f"resuming in the middle of an epoch needs the TensorFlow backend (the "
-                                  f"active one is {keras.backend.backend()!r}); save at epoch ends only "
-                                  "(save_every_steps=None) on other backends.")
+        """Makes the first ``skip`` steps of the resumed epoch draw their batch and not train.
+
+        ``fit`` keeps calling ``model.train_function`` once per step (``steps_per_execution``
+        batches); the wrapper draws those batches from the epoch's iterator and returns
+        without training, so the first trained batch is the one after the checkpoint. The
+        call signature is the backend's: ``(iterator)`` on TensorFlow, ``(state, iterator)``
+        on JAX (the stateless state passes through unchanged), ``(batches)`` on PyTorch
+        (already drawn by ``fit``).
+        """
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
         if skip % per_call:
             raise CheckpointError(f"the checkpoint is {skip} batches into an epoch, not a multiple of "
                                   f"steps_per_execution={per_call}")
         original = self.model.train_function
         remaining = [skip // per_call]
+        backend = keras.backend.backend()
 
-        def train_function(iterator):
+        def train_function(*args):
             if remaining[0] == 0:
-                return original(iterator)
-            for _ in range(per_call):
-                next(iterator)  # the batch the interrupted run already trained on
+                return original(*args)
+            if backend in ("tensorflow", "jax"):
+                iterator = args[-1]
+                for _ in range(per_call):
+                    next(iterator)  # the batch the interrupted run already trained on
             remaining[0] -= 1
             if remaining[0] == 0:
                 self.model.train_function = original
-            return self.model.get_metrics_result()
+            if backend == "jax":
+                return {}, args[0]
+            return self.model.get_metrics_result() if backend == "tensorflow" else {}
 
         self._skip_calls = skip // per_call
         self._original_train_function = original
@@ -506,7 +533,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             self.model.train_function = self._original_train_function
             self._original_train_function = None
         self.model._initial_epoch = None  # a later fit() on this model starts from its own initial_epoch
-        if self.delete_on_end:
+        if self.delete_on_end and _is_writer():
             for path in list_checkpoints(self.directory):
                 path.unlink(missing_ok=True)
 

@@ -37,20 +37,35 @@ def _batchnorm_layers(model: keras.Model) -> list:
     ]
 
 
-def update_bn(model: keras.Model, data, steps: int | None = None) -> int:
-    """Recompute BatchNorm moving statistics as exact averages over ``data``.
+def _batch_size(x) -> tuple[int, tuple]:
+    """Number of samples in a batch ``x`` (a tensor or a nest of tensors) and the
+    per-sample shapes, which must stay the same across batches."""
+    leaves = keras.tree.flatten(x)
+    return int(leaves[0].shape[0]), tuple(tuple(leaf.shape[1:]) for leaf in leaves)
 
-    Every trainable ``BatchNormalization`` layer gets ``moving_mean`` = the mean over
-    batches of its per-batch input means and ``moving_variance`` = the mean over
-    batches of its per-batch (biased) input variances, the statistics Keras itself
-    normalizes with in training mode. Upstream BatchNorm layers normalize with
-    batch statistics during the pass, as they do in training (and as PyTorch's
-    ``torch.optim.swa_utils.update_bn`` does).
+
+def update_bn(model: keras.Model, data, steps: int | None = None) -> int:
+    """Recompute BatchNorm moving statistics as the exact statistics of ``data``.
+
+    Every trainable ``BatchNormalization`` layer gets ``moving_mean`` and
+    ``moving_variance`` = the per-channel mean and (biased) variance of all its
+    inputs over the whole of ``data``, as if the batches were one: a ragged last
+    batch counts in proportion to its size, and the variance includes the spread
+    of the batch means (law of total variance). Upstream BatchNorm layers
+    normalize with batch statistics during the pass, as they do in training (and
+    as PyTorch's ``torch.optim.swa_utils.update_bn`` does; unlike PyTorch, which
+    averages per-batch statistics with equal weights and stores unbiased
+    variances, the result here is the pooled biased variance Keras normalizes
+    with).
 
     Implementation: the layers' momentum is set to 0 for the pass, so after each
-    forward pass their moving statistics *are* that batch's statistics; these are
-    read out and averaged in float64, then every other BN variable (e.g. renorm
-    state) is restored.
+    forward pass their moving statistics *are* that batch's mean and biased
+    variance. These are merged in float64 with Chan et al.'s parallel update
+    (count, mean, sum of squared deviations), weighting each batch by its number
+    of samples; every other BN variable (e.g. renorm state) is then restored.
+    Weighting by samples is exact because every batch must have the same
+    per-sample shape (so each sample contributes the same number of positions
+    per channel); batches of different image sizes raise a ``ValueError``.
 
     Args:
         model: the model whose BatchNorm statistics to recompute.
@@ -69,11 +84,14 @@ def update_bn(model: keras.Model, data, steps: int | None = None) -> int:
         return 0
     saved_state = [[np.array(keras.ops.convert_to_numpy(v)) for v in bn.non_trainable_variables] for bn in bns]
     saved_momentum = [bn.momentum for bn in bns]
-    sums = [
+    # Per layer: running mean and running sum of squared deviations (M2), float64.
+    moments = [
         [np.zeros(bn.moving_mean.shape, "float64"), np.zeros(bn.moving_variance.shape, "float64")]
         for bn in bns
     ]
-    count = 0
+    count = 0  # samples merged so far
+    batches = 0
+    sample_shapes = None
     try:
         for bn in bns:
             bn.momentum = 0.0
@@ -88,13 +106,28 @@ def update_bn(model: keras.Model, data, steps: int | None = None) -> int:
             # Traced after momentum was zeroed, so the graph uses momentum 0.
             forward = tf.function(forward, reduce_retracing=True)
         for batch in data:
-            if steps is not None and count >= steps:
+            if steps is not None and batches >= steps:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            for acc, (mean, var) in zip(sums, forward(x)):
-                acc[0] += keras.ops.convert_to_numpy(mean)
-                acc[1] += keras.ops.convert_to_numpy(var)
-            count += 1
+            n, shapes = _batch_size(x)
+            if sample_shapes is None:
+                sample_shapes = shapes
+            elif shapes != sample_shapes:
+                raise ValueError(
+                    f"update_bn: batch {batches} has per-sample shapes {shapes} but the first batch had "
+                    f"{sample_shapes}; give batches of one input size (e.g. resize in the pipeline)."
+                )
+            if n == 0:
+                continue
+            total = count + n
+            for acc, (mean, var) in zip(moments, forward(x)):
+                mean = np.asarray(keras.ops.convert_to_numpy(mean), "float64")
+                var = np.asarray(keras.ops.convert_to_numpy(var), "float64")
+                delta = mean - acc[0]
+                acc[0] += delta * (n / total)
+                acc[1] += var * n + delta**2 * (count * n / total)
+            count = total
+            batches += 1
     finally:
         for bn, momentum, values in zip(bns, saved_momentum, saved_state):
             bn.momentum = momentum
@@ -103,14 +136,14 @@ def update_bn(model: keras.Model, data, steps: int | None = None) -> int:
     if count == 0:
         warnings.warn("update_bn: `data` yielded no batch; BatchNorm statistics unchanged.")
         return 0
-    for bn, (mean_sum, var_sum) in zip(bns, sums):
-        bn.moving_mean.assign((mean_sum / count).astype(bn.moving_mean.dtype))
-        variance = var_sum / count
+    for bn, (mean, m2) in zip(bns, moments):
+        bn.moving_mean.assign(mean.astype(bn.moving_mean.dtype))
+        variance = m2 / count
         bn.moving_variance.assign(variance.astype(bn.moving_variance.dtype))
         if getattr(bn, "renorm", False):
             # With renorm, moving_variance is derived from moving_stddev.
             bn.moving_stddev.assign(np.sqrt(variance + bn.epsilon).astype(bn.moving_stddev.dtype))
-    return count
+    return batches
 
 
 @keras.saving.register_keras_serializable(package="keras_effcnn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-_SHAPE_TO_DATASET = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
+from keras_effcnn import presets
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -23,17 +23,15 @@ def load_model(name: str, weights: str | None = None):
         name: a ``.keras`` path, a registered recipe name or a recipe ``.json``.
         weights: required for recipes (``"mnist"``, ``"cifar10"`` or a file).
     """
-    import keras
-
-    import keras_effcnn.layers  # noqa: F401  (registers the custom layers for safe loading)
-    import keras_effcnn.sam  # noqa: F401  (registers SAMModel, the class of models trained with SAM)
+    from keras_effcnn import models, recipes
 
     path = Path(name)
     if path.suffix == ".keras":
-        if not path.exists():
-            raise FileNotFoundError(f"model file {path} does not exist")
-        return keras.saving.load_model(path, safe_mode=True, compile=False), None
-    from keras_effcnn import recipes
+        model = models.load_model(path, compile=False)
+        plan = getattr(model, "training_plan", None)
+        # A fine-tuned copy with another head keeps its recipe but not the recipe's dataset.
+        fits = plan is not None and model.output_shape[-1] == presets.get_dataset(plan.dataset).num_classes
+        return model, plan.dataset if fits else None
 
     if weights is None:
         raise ValueError(f"{name!r} is a recipe: pass --weights (e.g. --weights mnist) or a .keras file")
@@ -42,15 +40,10 @@ def load_model(name: str, weights: str | None = None):
 
 
 def guess_dataset(input_shape: tuple) -> str:
-    """``"mnist"`` for 28x28x1 inputs, ``"cifar10"`` for 32x32x3; else ``ValueError``."""
-    shape = tuple(int(d) for d in input_shape)
-    if shape not in _SHAPE_TO_DATASET:
-        raise ValueError(f"cannot tell the dataset from input shape {shape}; pass --dataset")
-    return _SHAPE_TO_DATASET[shape]
+    """The dataset of a model's input shape (``keras_effcnn.presets.dataset_for_input_shape``)."""
+    return presets.dataset_for_input_shape(input_shape)
 
 
 def class_names(dataset: str) -> list[str]:
     """The dataset's class names, in label order (they travel with the ``.tflite`` file)."""
-    from keras_effcnn import data
-
-    return list(data.DATASETS[dataset].label_names)
+    return list(presets.get_dataset(dataset).label_names)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from keras_effcnn import presets
 from keras_effcnn.commands import add_data_args, guess_dataset, load_model
 
 
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a .keras file, or a recipe name / .json (then --weights is required)")
     p.add_argument("--weights", default=None, help="weights for a recipe: 'mnist', 'cifar10' or a .weights.h5 file")
     p.add_argument("--tflite", default=None, help="evaluate this .tflite file with ai_edge_litert")
-    p.add_argument("--dataset", default=None, choices=("mnist", "fashion_mnist", "cifar10"),
+    p.add_argument("--dataset", default=None, choices=sorted(presets.DATASETS),
                    help="dataset (default: the recipe's, or guessed from the input shape)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     add_data_args(p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keras_effcnn import presets
 from keras_effcnn.commands import add_data_args
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "and robustness.png to --out.")
     p.add_argument("model", help="a .keras file, or a recipe name / recipe .json with --weights")
     p.add_argument("--weights", default=None, help="weights for a recipe: 'mnist', 'cifar10' or a file")
-    p.add_argument("--dataset", default=None, choices=("mnist", "fashion_mnist", "cifar10"),
+    p.add_argument("--dataset", default=None, choices=sorted(presets.DATASETS),
                    help="test set (default: the recipe's, or guessed from the model's input shape)")
     p.add_argument("--n", type=int, default=2000, help="number of test images, from the start of the test set")
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=CORRUPTIONS, metavar="NAME",

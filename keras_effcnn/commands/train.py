@@ -37,15 +37,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--track-test", action="store_true",
                    help="record test accuracy after every epoch (time-to-accuracy report; never used for selection)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    parallel = p.add_argument_group("data-parallel training (docs/backends.md)")
+    parallel.add_argument("--devices", type=_positive_int, default=None,
+                          help="devices per process (tf.distribute.MirroredStrategy on TensorFlow, "
+                          "keras.distribution.DataParallel on JAX); a CPU-only host is split into this many")
+    parallel.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                          help="multi-process training (JAX backend): address of process 0")
+    parallel.add_argument("--num-processes", type=_positive_int, default=None, help="processes taking part")
+    parallel.add_argument("--process-id", type=int, default=None, help="this process's index, 0 writes the outputs")
     add_data_args(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_effcnn import recipes
+    from keras_effcnn import distribute, recipes
     from keras_effcnn.determinism import set_determinism
     from keras_effcnn.plots import plot_history
 
+    engine = None  # created first: it may split the CPU into devices before the backend starts
+    if args.devices or args.coordinator or args.num_processes:
+        engine = distribute.data_parallel(args.devices, coordinator=args.coordinator,
+                                          num_processes=args.num_processes, process_id=args.process_id)
     recipe = recipes.resolve(args.recipe)
     changes = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed), ("batch_size", args.batch_size))
                if v is not None}
@@ -57,10 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
     commit = _git_commit()  # the code the run starts with (HEAD may move while it trains)
     set_determinism(recipe.seed)
-    model = recipes.build(recipe)
+    with distribute.scope_of(engine):
+        model = recipes.build(recipe)
     result = recipes.fit(model, args.data_dir, subset=args.subset, source=args.source,
                          verbose=0 if args.quiet else "auto", track_test=args.track_test, out=out,
-                         save_every_steps=args.save_every_steps)
+                         save_every_steps=args.save_every_steps, distribution=engine)
+    if engine is not None and not engine.is_chief:
+        return 0  # process 0 writes the model and results
     model.save(out / "model.keras")
     model.save_weights(out / "model.weights.h5")
     (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
@@ -110,8 +125,8 @@ def _check_same_run(out: Path, recipe) -> None:
 
 def _flags(args: argparse.Namespace) -> list[str]:
     flags = []
-    for name in ("epochs", "seed", "batch_size", "subset", "data_dir", "out"):
-        value = getattr(args, name)
+    for name in ("epochs", "seed", "batch_size", "subset", "data_dir", "out", "devices", "num_processes"):
+        value = getattr(args, name, None)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", str(value)]
     return flags + (["--track-test"] if args.track_test else [])

@@ -1,8 +1,9 @@
-"""Argument and input-shape checks shared by the layers in this package.
+"""Argument and input-shape checks, shared by the layers, the zoo, the recipes and the data.
 
-Every check raises ``ValueError`` naming the argument, the value given and the
-allowed range, so a typo in a recipe fails at construction time rather than as
-a shape error deep inside a traced graph.
+Every check raises ``ValueError`` with one wording, ``"`name` must be
+<allowed>; got <value>."``, naming the argument, the allowed range and the value
+given, so a typo in a recipe fails at construction time rather than as a shape
+error deep inside a traced graph.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 import keras
+
+
+def check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """Raise ``ValueError("`name` must be <allowed>; got <value>.")`` unless ``ok``.
+
+    Example:
+        >>> check(3 >= 1, "epochs", 3, ">= 1")
+    """
+    if not ok:
+        raise ValueError(f"`{name}` must be {allowed}; got {value!r}.")
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -57,8 +57,9 @@ class BlurPool2D(keras.layers.Layer):
     """Anti-aliased downsampling: per-channel binomial blur, then subsampling.
 
     The filter is a constant, not a weight: the layer has no trainable and no
-    non-trainable weights. It runs as one padding op (``PAD`` / ``MIRROR_PAD``)
-    and one ``DEPTHWISE_CONV_2D`` in TFLite, and computes in the input's dtype
+    non-trainable weights. It runs as one padding op (``PAD`` / ``MIRROR_PAD``;
+    only the border pixels the strided windows read are padded) and one
+    ``DEPTHWISE_CONV_2D`` in TFLite, and computes in the input's dtype
     (so it works under ``mixed_float16``).
 
     Reference: R. Zhang, "Making Convolutional Networks Shift-Invariant Again",
@@ -129,13 +130,25 @@ class BlurPool2D(keras.layers.Layer):
         """The constant ``(f, f, C, 1)`` depthwise filter (``None`` before build)."""
         return self._kernel
 
+    def _trimmed_after(self, size, after: int) -> int:
+        # The strided windows never read past (outputs - 1) * strides + filter_size padded
+        # pixels: pad only those (for filter 3, stride 2 and an even size, none after), which
+        # is exact and saves padding work (MirrorPad's gradient is slow on CPU).
+        if size is None:
+            return after
+        before = self.filter_size - 1 - after
+        outputs = -(-size // self.strides)
+        return max(0, min(after, (outputs - 1) * self.strides + self.filter_size - before - size))
+
     def call(self, inputs):
         before, after = _pad_amounts(self.filter_size)
+        after_h = self._trimmed_after(inputs.shape[1], after)
+        after_w = self._trimmed_after(inputs.shape[2], after)
         x = inputs
-        if after > 0:
+        if before > 0 or after_h > 0 or after_w > 0:
             x = ops.pad(
                 x,
-                [[0, 0], [before, after], [before, after], [0, 0]],
+                [[0, 0], [before, after_h], [before, after_w], [0, 0]],
                 mode="reflect" if self.padding == "reflect" else "constant",
             )
         kernel = ops.cast(self._kernel, x.dtype)

@@ -10,6 +10,8 @@ import pytest
 
 from keras_effcnn.layers import BlurPool2D, binomial_kernel, blur_max_pool
 
+pytestmark = pytest.mark.backend_neutral  # also run with KERAS_BACKEND=jax in CI
+
 
 def pascal_row(n: int) -> np.ndarray:
     """Row n-1 of Pascal's triangle by repeated [1, 1] convolution (independent of math.comb)."""

@@ -7,6 +7,8 @@ import pytest
 
 from keras_effcnn.layers import SqueezeExcite, latent_channels_for
 
+pytestmark = pytest.mark.backend_neutral  # also run with KERAS_BACKEND=jax in CI
+
 
 def numpy_squeeze_excite(x: np.ndarray, layer: SqueezeExcite) -> np.ndarray:
     """GAP -> dense -> ReLU -> dense -> gate -> rescale, in float64."""
