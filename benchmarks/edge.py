@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from keras_effcnn import data, export  # noqa: E402
+from keras_effcnn import data, export, provenance  # noqa: E402
 from keras_effcnn.export import micro  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,10 +121,6 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_EFFCNN_DATA_DIR"))
@@ -156,7 +151,7 @@ def main(argv=None) -> int:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": _git("rev-parse", "HEAD") + (" with uncommitted changes" if _git("status", "--porcelain") else ""),
+        "commit": provenance.git_commit(ROOT),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
                    f"Python {platform.python_version()}",

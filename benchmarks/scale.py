@@ -111,10 +111,9 @@ def main(argv=None) -> None:
                      "processes": processes, "images_per_s": round(r["images_per_s"], 1),
                      "timed_epoch_s": round(r["epoch_s"][-1], 3)})
         print(rows[-1], flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                      cwd=ROOT).stdout.strip():
-        commit += " + uncommitted changes"
+    from keras_effcnn import provenance
+
+    commit = provenance.git_commit(ROOT)
     command = "nice python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"command": command.strip(), "commit": commit, "model": "mnist_1500", "global_batch": args.batch_size,
               "steps": args.steps, "cpu_count": os.cpu_count(),

@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ import tensorflow as tf  # noqa: E402
 
 import bench_techniques  # noqa: E402  (the sibling script, on sys.path when run as a script)
 
-from keras_effcnn import models, recipes  # noqa: E402
+from keras_effcnn import models, provenance, recipes  # noqa: E402
 from keras_effcnn.layers import BlurPool2D, ConvBNAct, DepthwiseSeparableBlock, SqueezeExcite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,16 +312,6 @@ def machine() -> dict:
             "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "keras_effcnn"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        return out.stdout.strip() + (" (+ uncommitted changes in keras_effcnn/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def to_markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -396,7 +385,7 @@ def main(argv=None) -> dict:
     result = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": provenance.git_commit(ROOT),
         "machine": machine(),
         "rounds": rounds,
         "steps": steps,

@@ -42,10 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput  # noqa: E402  (the sibling script)
-
-from keras_effcnn import recipes  # noqa: E402
+from keras_effcnn import provenance, recipes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # The targets: 99.2 % on MNIST, 86 % on CIFAR-10.
@@ -103,7 +100,9 @@ def run_seed(name: str, seed: int, args, run_dir: Path) -> dict:
     cpu = CPUTimeline()
     load_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
     result = recipes.fit(model, args.data_dir, recipe=recipe, epochs=args.epochs, subset=args.subset,
-                         track_test=True, out=run_dir, callbacks=[cpu], verbose=args.verbose)
+                         track_test=True, out=run_dir, callbacks=[cpu], verbose=args.verbose,
+                         save_every_steps=args.save_every_steps)
+    model.save_weights(run_dir / "model.weights.h5")  # for the robustness report and export
     timeline = [{**wall, **c} for wall, c in zip(result.timeline, cpu.records)]
     cores = _tf_threads() if keras.config.backend() == "tensorflow" else os.cpu_count()
     return {
@@ -124,7 +123,7 @@ def run_seed(name: str, seed: int, args, run_dir: Path) -> dict:
         "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": throughput.git_commit(),
+        "commit": provenance.git_commit(ROOT),
     }
 
 
@@ -242,6 +241,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="runs/tta", help="run folders (checkpoints; resumed when present)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"),
                         help="folder for time_to_accuracy.{json,md,png}")
+    parser.add_argument("--save-every-steps", type=int, default=None,
+                        help="also checkpoint every N batches (default: at epoch ends only, so that the timed "
+                             "training holds little checkpoint writing; a kill loses at most one epoch)")
     parser.add_argument("--verbose", default=2, type=int, help="Keras fit verbosity")
     args = parser.parse_args(argv)
     args.targets = _parse_targets(args.targets)

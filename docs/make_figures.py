@@ -483,6 +483,42 @@ def curves_markdown(sources: Sources, out: Path) -> str:
     return "\n".join(parts)
 
 
+# ----------------------------------------------------------------------------- development runs
+
+
+def development_markdown(sources: Sources) -> str:
+    """One row per ``recipes/develop.py`` run: the change against its base recipe and the validation accuracy.
+
+    Older files of that folder (trained on the full training set and read on test, before
+    development moved to a validation split) are listed apart, as such.
+    """
+    folder = sources.phases / "development"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        return f"*{NOT_MEASURED.capitalize()}* (no `{sources.rel(folder)}/*.json` committed yet).\n"
+    rows, on_test = [], []
+    for path in files:
+        run = read_json(path)
+        if "final_val_accuracy" not in run:
+            on_test.append(f"`{path.name}`")
+            continue
+        changes = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(run["changes"].items())) or "none"
+        rows.append([f"`{path.stem}`", f"`{run['base_recipe']}`", changes, f"{run['validation_images']:,}",
+                     pct(float(run["final_val_accuracy"])), f"{run['train_wall_s']:,.0f}",
+                     f"{run['train_cpu_s']:,.0f}", f"{run['load_average_start'][0]:.1f}", run["commit"][:9]])
+    text = ""
+    if rows:
+        text += markdown_table(["run", "base recipe", "changes", "val images", "final-epoch val acc.",
+                                "train wall s", "train CPU s", "load at start", "commit"], rows,
+                               align="lllrrrrrl")
+        text += (f"\nWritten by `python recipes/develop.py` into `{sources.rel(folder)}/` (each file holds the "
+                 "command, the per-epoch validation accuracy and the machine). The test set is not evaluated.\n")
+    if on_test:
+        text += ("\nEarlier development runs, trained on the full training set and read on the test set (before "
+                 f"development moved to a validation split): {', '.join(on_test)}.\n")
+    return text
+
+
 # ----------------------------------------------------------------------------- benchmarks and headline
 
 
@@ -557,6 +593,7 @@ def make_all(out: Path, sources: Sources | None = None, zoo_rows: Sequence[dict]
     written["curves.md"] = curves_markdown(sources, out)
     written["zoo.md"] = zoo_markdown(sources, zoo_rows)
     written["benchmarks.md"] = benchmarks_markdown(sources)
+    written["development.md"] = development_markdown(sources)
     written["headline.md"] = headline_markdown(sources)
     for name, text in written.items():
         (out / name).write_text(text)

@@ -169,7 +169,7 @@ def _finish(inputs, x, name: str, top: Callable, *, include_top: bool, pooling: 
     return keras.Model(inputs, x, name=name)
 
 
-def _blur_downsample(x, name: str, blur: bool, filter_size: int = 3):
+def _blur_downsample(x, name: str, blur: bool, filter_size: int = 3, padding: str = "reflect"):
     """Max-pool by 2; with ``blur``, BlurMaxPool (dense max, then ``BlurPool2D``'s blurred subsampling).
 
     Not ``layers.blur_max_pool``: that one is Zhang's exact form (a ``"valid"`` stride-1
@@ -180,7 +180,7 @@ def _blur_downsample(x, name: str, blur: bool, filter_size: int = 3):
     if not blur:
         return layers.MaxPooling2D(2, name=f"{name}_maxpool")(x)
     x = layers.MaxPooling2D(2, strides=1, padding="same", name=f"{name}_maxpool")(x)
-    return BlurPool2D(filter_size=filter_size, strides=2, name=f"{name}_blurpool")(x)
+    return BlurPool2D(filter_size=filter_size, strides=2, padding=padding, name=f"{name}_blurpool")(x)
 
 
 def _paper_conv(x, filters: int, kernel: int, name: str, *, depthwise: bool = False, padding: str = "valid",
@@ -308,7 +308,7 @@ def paper_cifar10(input_shape=None, num_classes: int = 10, *, include_top: bool 
 )
 def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool = True, pooling: str | None = None,
                  classifier_activation: str | None = None, blurpool: bool = True, blur_filter_size: int = 3,
-                 se_ratio: float | None = None,
+                 blur_padding: str = "reflect", se_ratio: float | None = None,
                  widths: Sequence[int] = (8, 12, 12, 14, 16), dropout: float = 0.0,
                  bn_momentum: float = 0.9) -> keras.Model:
     """An MNIST network under 1,500 parameters.
@@ -328,10 +328,10 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     a, b, c, d, e = widths
     x = ConvBNAct(a, 3, padding="valid", bn_momentum=bn_momentum, dropout=dropout, name="stem")(x)
     x = DepthwiseSeparableBlock(b, 3, padding="valid", name="b1", **block)(x)
-    x = _blur_downsample(x, "down1", blurpool, blur_filter_size)
+    x = _blur_downsample(x, "down1", blurpool, blur_filter_size, blur_padding)
     x = DepthwiseSeparableBlock(c, 3, padding="valid", name="b2", **block)(x)
     x = DepthwiseSeparableBlock(d, 3, padding="valid", name="b3", **block)(x)
-    x = _blur_downsample(x, "down2", blurpool, blur_filter_size)
+    x = _blur_downsample(x, "down2", blurpool, blur_filter_size, blur_padding)
     x = DepthwiseSeparableBlock(e, 3, padding="same", name="b4", **block)(x)
 
     def top(x):
@@ -349,7 +349,7 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
 )
 def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, include_top: bool = True, pooling: str | None = None,
                    classifier_activation: str | None = None, blurpool: bool = True, blur_filter_size: int = 3,
-                   se_ratio: float | None = 0.0625,
+                   blur_padding: str = "reflect", se_ratio: float | None = 0.0625,
                    se_gate: str = "sigmoid", widths: Sequence[int] = (32, 64, 128, 192), dropout: float = 0.0,
                    head_dropout: float = 0.1, bn_momentum: float = 0.9) -> keras.Model:
     """A CIFAR-10 network under 140,000 parameters.
@@ -372,7 +372,9 @@ def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, include_top: bool
             or ``"max"`` (global pooling to a vector).
         classifier_activation: None (logits, the default) or an activation such
             as ``"softmax"``, added as a weightless ``predictions`` layer.
-        **architecture: ``blurpool``, ``blur_filter_size``, ``se_ratio``,
+        **architecture: ``blurpool``, ``blur_filter_size``, ``blur_padding``
+            (``BlurPool2D``'s border: ``"reflect"`` as Zhang, or ``"zero"``, ~10 % faster
+            training steps on CPU where MirrorPad's gradient is slow), ``se_ratio``,
             ``se_gate``, ``widths``, ``dropout``, ``head_dropout``, ``bn_momentum``.
 
     Example:
@@ -388,14 +390,14 @@ def effcnn_cifar10(input_shape=None, num_classes: int = 10, *, include_top: bool
     block = dict(bn_momentum=bn_momentum, dropout=dropout)
     se = dict(se_ratio=se_ratio, se_gate=se_gate)
     x = ConvBNAct(w1, 3, name="stem", **block)(x)
-    x = _blur_downsample(x, "down1", blurpool, blur_filter_size)
+    x = _blur_downsample(x, "down1", blurpool, blur_filter_size, blur_padding)
     x = ConvBNAct(w2, 3, name="s2_conv", **block)(x)
     x = DepthwiseSeparableBlock(w2, 3, residual=True, name="s2_block1", **block)(x)
     x = DepthwiseSeparableBlock(w2, 3, residual=True, name="s2_block2", **block)(x)
-    x = _blur_downsample(x, "down2", blurpool, blur_filter_size)
+    x = _blur_downsample(x, "down2", blurpool, blur_filter_size, blur_padding)
     x = DepthwiseSeparableBlock(w3, 3, name="s3_expand", **block)(x)
     x = DepthwiseSeparableBlock(w3, 3, dilation_rate=2, residual=True, name="s3_dilated", **block, **se)(x)
-    x = _blur_downsample(x, "down3", blurpool, blur_filter_size)
+    x = _blur_downsample(x, "down3", blurpool, blur_filter_size, blur_padding)
     x = DepthwiseSeparableBlock(w4, 3, name="s4_expand", **block)(x)
     x = DepthwiseSeparableBlock(w4, 3, residual=True, name="s4_block", **block, **se)(x)
 

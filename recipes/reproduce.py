@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
     if args.subset is not None and out.resolve() == RESULTS.resolve():
         parser.error("--subset runs are smoke tests and must not write into recipes/results; pass --out DIR")
 
-    from keras_effcnn import recipes
+    from keras_effcnn import provenance, recipes
 
     names = args.only or phase_recipes(args.dataset)
     if not names:
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
             row = {"recipe": name, "description": recipe.description, "seed": seed,
                    "epochs": recipe.epochs, "params": result.params["trainable"], "macs": result.macs,
                    "test_accuracy": result.test_accuracy, "wall_time_s": round(result.wall_time_s, 1),
-                   "commit": _commit(), "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                   "commit": provenance.git_commit(HERE), "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             if args.subset is not None:
                 row["subset"] = args.subset
             doc["rows"].append(row)
@@ -181,14 +180,6 @@ def plot_phases(doc: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=HERE).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _cpus() -> int:

@@ -131,6 +131,23 @@ def test_phase_table_means_and_paired_changes(sources):
     assert "python recipes/reproduce.py --dataset mnist --seeds 0 1" in text
 
 
+def test_development_table_reads_validation_runs_and_marks_older_test_runs(sources):
+    folder = sources.phases / "development"
+    folder.mkdir()
+    run = {"base_recipe": "cifar10_140k", "changes": {"epochs": 15, "model_options": {"blur_padding": "zero"}},
+           "validation_images": 5000, "final_val_accuracy": 0.85517, "train_wall_s": 661.6, "train_cpu_s": 1123.4,
+           "load_average_start": [1.08, 0.9, 0.8], "commit": "b42a930fbe54233bf"}
+    (folder / "fast_e15.json").write_text(json.dumps(run))
+    (folder / "old_v1.json").write_text(json.dumps({"recipe": {}, "test": {"accuracy": 0.99}}))
+    text = make_figures.development_markdown(sources)
+    (row,) = [line for line in text.splitlines() if line.startswith("| `fast_e15`")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["`fast_e15`", "`cifar10_140k`", '`epochs=15`, `model_options={"blur_padding": "zero"}`',
+                     "5,000", "85.52 %", "662", "1,123", "1.1", "b42a930fb"]
+    assert "`old_v1.json`" in text and "read on the test set" in text
+    assert "old_v1" not in row
+
+
 def test_baseline_is_the_phase_that_differs_least():
     groups = make_figures.phase_groups(_phase_rows(ACC))
     by_name = {g.recipe: g for g in groups}

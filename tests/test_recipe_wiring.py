@@ -433,3 +433,12 @@ def test_fit_runs_the_recipe_batches_epochs_and_techniques(data_dir):
     # The one-cycle rate was fitted to these 12 steps: after them it sits at its floor, far below the peak.
     assert int(model.optimizer.iterations) == 12
     assert float(model.optimizer.learning_rate) < recipe.learning_rate / 100
+
+
+@pytest.mark.parametrize("name", _where(lambda r: "blur_padding" in r.model_options))
+def test_blur_padding_option_reaches_every_blurpool(name):
+    from keras_effcnn.layers import BlurPool2D
+
+    wanted = _recipe(name).model_options["blur_padding"]
+    pools = [layer for layer in _model(name).layers if isinstance(layer, BlurPool2D)]
+    assert pools and {p.padding for p in pools} == {wanted}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 from keras_effcnn.commands import add_data_args
@@ -50,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from keras_effcnn import distribute, recipes
+    from keras_effcnn import distribute, provenance, recipes
     from keras_effcnn.determinism import set_determinism
     from keras_effcnn.plots import plot_history
 
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     recipe.to_json(out / "recipe.json")
 
-    commit = _git_commit()  # the code the run starts with (HEAD may move while it trains)
+    commit = provenance.git_commit()  # the code the run starts with (HEAD may move while it trains)
     set_determinism(recipe.seed)
     with distribute.scope_of(engine):
         model = recipes.build(recipe)
@@ -131,10 +130,3 @@ def _flags(args: argparse.Namespace) -> list[str]:
             flags += [f"--{name.replace('_', '-')}", str(value)]
     return flags + (["--track-test"] if args.track_test else [])
 
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
