@@ -213,7 +213,9 @@ depthwise conv (not adopted); two 1-D depthwise blurs 4.7x slower; strided-slice
 BatchNormalization forward + backward at 128x16x16x64: 22.3 ms CPU, TensorFlow's fused kernel 6.8 ms (adopted).
 oneDNN off (`TF_ENABLE_ONEDNN_OPTS=0`): the flagships ran 0.5x (MNIST) and 0.45x (CIFAR) the images per CPU-second
 (not adopted). In the CIFAR-10 step profile (TF profiler, after the levers) the dense 3x3 convolution `s2_conv`
-(32->64 at 16x16, 43 % of the MACs) takes ~24 % of the op time, and the reflect pads ~9 %."""
+(32->64 at 16x16, 43 % of the MACs) takes ~24 % of the op time, and the reflect pads ~9 % (hence the fast
+recipes' zero_blur_pad). Keras `mixed_bfloat16` (this CPU reports AVX512_BF16): cifar10_140k epochs 1.8x slower
+per CPU-second (not adopted). Batch 64/128/256 for cifar10_140k_fast, idle: 1,067 / 1,178 / 1,208 img/s (no lever)."""
 
 
 def main(argv=None) -> dict:

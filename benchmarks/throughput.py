@@ -68,6 +68,12 @@ FLAGSHIPS = {
     "effcnn_mnist": ("reference_mnist_separable", "mnist_1500"),
     "effcnn_cifar10": ("reference_resnet8", "cifar10_140k"),
 }
+# The fast recipes train their own variant of the flagship (model options, batch size): each
+# is timed against its reference at the fast recipe's batch.
+FAST_RECIPES = {
+    "mnist_1500_fast": "reference_mnist_separable",
+    "cifar10_140k_fast": "reference_resnet8",
+}
 
 
 # ----------------------------------------------------------------------------- references
@@ -248,6 +254,27 @@ def bench_models(names: list[str], rounds: int, steps: int, peak: dict[str, floa
     return {"models": rows, "ratios": ratios}
 
 
+def bench_fast_recipes(rounds: int, steps: int, peak: dict[str, float]) -> dict:
+    """Each fast recipe's net (its model options) against its reference, both at the recipe's batch."""
+    runners, info, pairs = {}, {}, {}
+    for recipe, reference in FAST_RECIPES.items():
+        keras.utils.set_random_seed(0)
+        ref_key = f"{reference} @ {recipe}"
+        for key, model in ((recipe, recipes.build(recipe)), (ref_key, REFERENCES[reference]())):
+            runners[key], batch = train_step_runner(model, recipe)
+            info[key] = {"recipe": recipe, "batch_size": batch, "macs": models.count_macs(model),
+                         **models.count_params(model)}
+        pairs[f"{recipe} / {reference}"] = (recipe, ref_key)
+    times = interleaved(runners, rounds, steps)
+    rows = {key: {**info[key], **_summarize(times[key], info[key]["batch_size"], info[key]["macs"], peak)}
+            for key in runners}
+    ratios = {pair: {clock: {"median": float(np.median(times[ref][:, i] / times[net][:, i])),
+                             "rounds": (times[ref][:, i] / times[net][:, i]).round(3).tolist()}
+                     for i, clock in enumerate(CLOCKS)}
+              for pair, (net, ref) in pairs.items()}
+    return {"models": rows, "ratios": ratios}
+
+
 def layer_groups() -> dict[str, tuple[tuple[int, ...], dict[str, Callable[[], object]]]]:
     """Package layer vs stock-Keras equivalents, at the shapes where effcnn_cifar10 uses them."""
 
@@ -312,6 +339,10 @@ def machine() -> dict:
             "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
+MODEL_TABLE_HEAD = ("| model | recipe batch | params | MACs | img/s (wall) | img/CPU-s | GMAC/CPU-s | % matmul peak (CPU) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
 def to_markdown(r: dict) -> str:
     m = r["machine"]
     lines = [
@@ -333,18 +364,25 @@ def to_markdown(r: dict) -> str:
         "",
         "## Models (`train_on_batch`, the recipe's optimizer and loss)",
         "",
-        "| model | recipe batch | params | MACs | img/s (wall) | img/CPU-s | GMAC/CPU-s | % matmul peak (CPU) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *MODEL_TABLE_HEAD,
     ]
-    for name, row in r["models"]["models"].items():
-        w, c = row["wall"], row["cpu"]
-        lines.append(f"| `{name}` | {row['batch_size']} | {row['trainable']:,} | {row['macs']:,} | "
-                     f"{w['images_per_s']:,.0f} | {c['images_per_s']:,.0f} | {c['gmac_per_s']:.2f} | "
-                     f"{100 * c['fraction_of_matmul_peak']:.1f} % |")
-    lines += ["", "| flagship / reference (speed-up, median of per-round ratios) | wall | CPU | goal |",
-              "|---|---:|---:|---:|"]
-    for pair, ratio in r["models"]["ratios"].items():
-        lines.append(f"| {pair} | **{ratio['wall']['median']:.2f}x** | {ratio['cpu']['median']:.2f}x | >= 1.5x |")
+    def model_rows(block: dict, ratio_title: str) -> list[str]:
+        out = []
+        for name, row in block["models"].items():
+            w, c = row["wall"], row["cpu"]
+            out.append(f"| `{name}` | {row['batch_size']} | {row['trainable']:,} | {row['macs']:,} | "
+                       f"{w['images_per_s']:,.0f} | {c['images_per_s']:,.0f} | {c['gmac_per_s']:.2f} | "
+                       f"{100 * c['fraction_of_matmul_peak']:.1f} % |")
+        out += ["", f"| {ratio_title} (speed-up, median of per-round ratios) | wall | CPU | goal |", "|---|---:|---:|---:|"]
+        for pair, ratio in block["ratios"].items():
+            out.append(f"| {pair} | **{ratio['wall']['median']:.2f}x** | {ratio['cpu']['median']:.2f}x | >= 1.5x |")
+        return out
+
+    lines += model_rows(r["models"], "flagship / reference")
+    if r.get("fast_recipes"):
+        lines += ["", "## The fast recipes' nets (their model options) against the references at the recipe's batch",
+                  "", *MODEL_TABLE_HEAD]
+        lines += model_rows(r["fast_recipes"], "fast recipe's net / reference")
     lines += ["", "## Layers, forward + backward", ""]
     for group, g in r["layers"].items():
         first = next(iter(g["candidates"]))
@@ -366,6 +404,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", nargs="*", default=None,
                         help="zoo models and references to time (default: the zoo and both references)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer comparison")
+    parser.add_argument("--no-fast-recipes", action="store_true", help="skip the fast recipes' nets")
     parser.add_argument("--intra-op-threads", type=int, default=0, help="tf.config.threading (0: TF's default)")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="tf.config.threading (0: TF's default)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
@@ -391,6 +430,7 @@ def main(argv=None) -> dict:
         "steps": steps,
         "matmul_peak_gflops_start": peak,
         "models": bench_models(names, rounds, steps, peak),
+        "fast_recipes": {} if args.no_fast_recipes else bench_fast_recipes(rounds, steps, peak),
         "layers": {} if args.no_layers else bench_layers(rounds, steps, peak),
     }
     # The fractions of peak use the start figure; the end figure shows how much the load moved it.

@@ -73,6 +73,7 @@ API_MODULES = (
     "keras_effcnn.callbacks.cyclical",
     "keras_effcnn.callbacks.lr_finder",
     "keras_effcnn.callbacks.swa",
+    "keras_effcnn.callbacks.precise_bn",
     "keras_effcnn.callbacks.checkpoint",
     "keras_effcnn.callbacks.timeline",
     "keras_effcnn.recipes",
@@ -81,10 +82,12 @@ API_MODULES = (
     "keras_effcnn.export",
     "keras_effcnn.export.micro",
     "keras_effcnn.robustness",
+    "keras_effcnn.test_time",
     "keras_effcnn.tuning",
     "keras_effcnn.tuning_launcher",
     "keras_effcnn.determinism",
     "keras_effcnn.plots",
+    "keras_effcnn.provenance",
 )
 
 # Guides written beside the generated pages; listed in the index when present.

@@ -42,6 +42,8 @@ _LAZY_SUBMODULES = (
     "robustness",
     "determinism",
     "plots",
+    "provenance",
+    "test_time",
 )
 _SUBMODULES = ("callbacks", "layers", "losses", "metrics", "presets", "recipe_model", "sam", "schedules",
                *_LAZY_SUBMODULES)
