@@ -716,9 +716,8 @@ def cifar10_140k_fast() -> Recipe:
     Measured (``benchmarks/results/time_to_accuracy_cifar10_140k_fast.md``, seeds 0-2,
     2 idle cores): 86 % first reached after 636 s (median) / 661 s (worst) of training,
     final-epoch test accuracy 86.19 / 86.02 / 86.60 %. It is the quick recipe, not the
-    most accurate one (``cifar10_140k``: 88 %). The zero padding keeps the blur's
-    anti-aliasing inside the image but costs ~2 pp of shift consistency for 4-pixel
-    shifts (docs/robustness.md); the shipped models keep Zhang's reflection.
+    most accurate one (``cifar10_140k``: 88 %). Against the same recipe trained with
+    reflection (seed 0), zero padding keeps the shift consistency (docs/robustness.md).
     """
     base = get_recipe("cifar10_140k")
     return base.replace(
