@@ -242,16 +242,16 @@ def bench_models(names: list[str], rounds: int, steps: int, peak: dict[str, floa
     times = interleaved(runners, rounds, steps)
     rows = {name: {**info[name], **_summarize(times[name], info[name]["batch_size"], info[name]["macs"], peak)}
             for name in names}
-    ratios = {}
-    for flagship, (reference, _) in FLAGSHIPS.items():
-        if flagship in times and reference in times:
-            # Per-round ratio of the reference's step time to the flagship's: the flagship's speed-up.
-            per_round = times[reference] / times[flagship]
-            ratios[f"{flagship} / {reference}"] = {
-                clock: {"median": float(np.median(per_round[:, i])), "rounds": per_round[:, i].round(3).tolist()}
-                for i, clock in enumerate(CLOCKS)
-            }
+    ratios = {f"{flagship} / {reference}": speedup(times, flagship, reference)
+              for flagship, (reference, _) in FLAGSHIPS.items() if flagship in times and reference in times}
     return {"models": rows, "ratios": ratios}
+
+
+def speedup(times: dict[str, np.ndarray], net: str, reference: str) -> dict:
+    """Per-round ratio of the reference's step time to ``net``'s (``net``'s speed-up), median per clock."""
+    per_round = times[reference] / times[net]
+    return {clock: {"median": float(np.median(per_round[:, i])), "rounds": per_round[:, i].round(3).tolist()}
+            for i, clock in enumerate(CLOCKS)}
 
 
 def bench_fast_recipes(rounds: int, steps: int, peak: dict[str, float]) -> dict:
@@ -268,10 +268,7 @@ def bench_fast_recipes(rounds: int, steps: int, peak: dict[str, float]) -> dict:
     times = interleaved(runners, rounds, steps)
     rows = {key: {**info[key], **_summarize(times[key], info[key]["batch_size"], info[key]["macs"], peak)}
             for key in runners}
-    ratios = {pair: {clock: {"median": float(np.median(times[ref][:, i] / times[net][:, i])),
-                             "rounds": (times[ref][:, i] / times[net][:, i]).round(3).tolist()}
-                     for i, clock in enumerate(CLOCKS)}
-              for pair, (net, ref) in pairs.items()}
+    ratios = {pair: speedup(times, net, ref) for pair, (net, ref) in pairs.items()}
     return {"models": rows, "ratios": ratios}
 
 

@@ -318,8 +318,8 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     downsamples with BlurMaxPool. Layout for ``widths=(a, b, c, d, e)``: 3x3 conv
     1->a (valid); DW-sep a->b (valid); BlurMaxPool; DW-sep b->c (valid); DW-sep c->d
     (valid); BlurMaxPool; DW-sep d->e (same); GAP -> dense to classes (no bias).
-    ``include_top``, ``pooling`` and ``classifier_activation`` are as for
-    :func:`effcnn_cifar10`.
+    ``include_top``, ``pooling``, ``classifier_activation`` and ``blur_padding`` are
+    as for :func:`effcnn_cifar10`.
     """
     if len(widths) != 5:
         raise ValueError(f"widths must list 5 channel counts; got {widths!r}")
