@@ -215,7 +215,21 @@ oneDNN off (`TF_ENABLE_ONEDNN_OPTS=0`): the flagships ran 0.5x (MNIST) and 0.45x
 (not adopted). In the CIFAR-10 step profile (TF profiler, after the levers) the dense 3x3 convolution `s2_conv`
 (32->64 at 16x16, 43 % of the MACs) takes ~24 % of the op time, and the reflect pads ~9 % (hence the fast
 recipes' zero_blur_pad). Keras `mixed_bfloat16` (this CPU reports AVX512_BF16): cifar10_140k epochs 1.8x slower
-per CPU-second (not adopted). Batch 64/128/256 for cifar10_140k_fast, idle: 1,067 / 1,178 / 1,208 img/s (no lever)."""
+per CPU-second (not adopted). Batch 64/128/256 for cifar10_140k_fast, idle: 1,067 / 1,178 / 1,208 img/s (no lever).
+
+Cheaper architectures (train steps of scratch builds interleaved with the references in one process, 5 rounds;
+accuracy from `recipes/develop.py` on the 5,000-image validation split, results in
+`recipes/results/development/`): for CIFAR-10 a 16-channel stem and one block at 16x16
+(`effcnn_cifar10(widths=(16, 48, 128, 224), blocks=(1, 1, 1))`, 129,936 params, 5.9 M MACs) ran 1.3-1.45x
+ResNet-8's images/s (1.45-1.5x without SE), but reached 84.48 % validation accuracy after the 16 epochs of
+cifar10_140k_fast against the net's 85.84 % (in 406 s instead of 618 s): not adopted. For MNIST the 1.5 K net at
+half resolution (`effcnn_mnist(half_resolution=True)`: blurred 2x subsampling of the input) ran ~1.8x the stock
+net's images/s, but reached 98.68 % validation accuracy after mnist_1500_fast's 20 epochs (90 s) against 99.10 %;
+a stride-2 stem and a space-to-depth stem (scratch builds, 1,494 / 1,484 params, also ~1.8x) 98.80 % each: the
+tiny net needs its full-resolution first layers, not adopted. SqueezeExcite's two 1x1 convolutions computed as
+matmuls with the same kernels: forward + backward of the layer 1.2-2x faster (8x8x128 and 4x4x224, batch 128),
+but the effcnn_cifar10 train step 0.99-1.02x (two interleaved runs), so not adopted (and the TFLite converter
+mis-broadcast its gate when it was reshaped from 2-D)."""
 
 
 def main(argv=None) -> dict:

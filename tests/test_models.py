@@ -66,6 +66,42 @@ def test_paper_mnist_phases_change_the_count_as_the_formula_says():
     assert blur == base  # BlurPool adds no parameters
 
 
+def test_effcnn_cifar10_blocks_change_the_count_as_the_formula_says():
+    # DepthwiseSeparableBlock(C -> C): 9C + 2C (depthwise + BN) + SE(C) + C*C + 2C (pointwise + BN),
+    # SE(C) = 2*C*r + r + C with r = max(1, round(C * se_ratio)); SE only in the 8x8 and 4x4 stages.
+    def block(c, se_ratio=None):
+        se = 0 if se_ratio is None else 2 * c * max(1, round(c * se_ratio)) + max(1, round(c * se_ratio)) + c
+        return 9 * c + 2 * c + se + c * c + 2 * c
+
+    def count(**options):
+        return models.count_params(models.build("effcnn_cifar10", **options))["trainable"]
+
+    default = count()
+    assert count(blocks=(2, 1, 1)) == default
+    assert default - count(blocks=(0, 1, 0)) == 2 * block(64) + block(192, 0.0625)
+    assert count(blocks=(2, 3, 1)) - default == 2 * block(128, 0.0625)
+    lite = models.build("effcnn_cifar10", widths=(16, 48, 128, 224), blocks=(1, 1, 1))
+    names = {layer.name for layer in lite.layers}
+    assert {"s2_block1", "s3_dilated", "s4_block"} <= names and "s2_block2" not in names
+    # The default layout keeps the layer names that the shipped weights are stored under.
+    assert {"s2_block1", "s2_block2", "s3_dilated", "s4_block"} <= {layer.name for layer in models.build("effcnn_cifar10").layers}
+    with pytest.raises(ValueError, match="blocks"):
+        models.build("effcnn_cifar10", blocks=(1, 0, 1))
+
+
+def test_effcnn_mnist_half_resolution_keeps_the_parameters_on_a_14x14_image():
+    full = models.build("effcnn_mnist")
+    half = models.build("effcnn_mnist", half_resolution=True)
+    assert models.count_params(half) == models.count_params(full)
+    trunk = models.build("effcnn_mnist", half_resolution=True, include_top=False)
+    assert tuple(trunk.output_shape) == (None, 3, 3, 16)  # 28 -> 14 -> 12, 10, 8, 6 -> 3
+    # Hand count (MACs per image): input blur 14*14*9; stem 12*12*9*8; blocks dw + pw at 10, 8, 6 and 3
+    # pixels; the second blur 3*3*14*9; logits 16*10.
+    expected = (14 * 14 * 9 + 12 * 12 * 9 * 8 + 10 * 10 * (9 * 8 + 8 * 12) + 8 * 8 * (9 * 12 + 12 * 12)
+                + 6 * 6 * (9 * 12 + 12 * 14) + 3 * 3 * 14 * 9 + 3 * 3 * (9 * 14 + 14 * 16) + 16 * 10)
+    assert models.count_macs(half) == expected
+
+
 def test_unknown_model_and_bad_shapes():
     with pytest.raises(ValueError, match="`model` must be one of"):
         models.build("resnet9000")
