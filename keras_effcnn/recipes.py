@@ -623,6 +623,69 @@ def mnist_phase10_sam() -> Recipe:
     return mnist_phase5_cyclical_lr().replace(name="mnist_phase10_sam", sam_rho=0.05, description="phase 5 + SAM")
 
 
+# CIFAR-10: the same ladder on our net at the flagship's length (30 epochs), since the
+# paper's earlier CIFAR-10 networks are not described closely enough to rebuild. Phases
+# 1-4 are cumulative (the layout alone with crop + flip, BlurPool, SE, the one-cycle
+# schedule); phases 5-9 each add one training technique to phase 4. Phase 7 (label
+# smoothing) is the cifar10_140k recipe.
+_CIFAR10_BASE = dict(dataset="cifar10", model="effcnn_cifar10", epochs=30, batch_size=128, optimizer="sgd",
+                     learning_rate=0.05, weight_decay=5e-4, crop_padding=4, flip=True, label_smoothing=0.0)
+
+
+@register_recipe
+def cifar10_phase1_baseline() -> Recipe:
+    return Recipe(name="cifar10_phase1_baseline", model_options=dict(blurpool=False, se_ratio=None),
+                  schedule="constant", description="our layout (residual DW-separable blocks, GAP) with max-pool, "
+                  "crop + flip, constant LR", **_CIFAR10_BASE)
+
+
+@register_recipe
+def cifar10_phase2_blurpool() -> Recipe:
+    return cifar10_phase1_baseline().replace(name="cifar10_phase2_blurpool", model_options=dict(se_ratio=None),
+                                             description="+ BlurPool anti-aliased downsampling (BlurMaxPool)")
+
+
+@register_recipe
+def cifar10_phase3_se() -> Recipe:
+    return cifar10_phase2_blurpool().replace(name="cifar10_phase3_se", model_options={},
+                                             description="+ squeeze-and-excitation in the 8x8 and 4x4 stages")
+
+
+@register_recipe
+def cifar10_phase4_onecycle() -> Recipe:
+    return cifar10_phase3_se().replace(name="cifar10_phase4_onecycle", schedule="onecycle", learning_rate=0.2,
+                                       description="+ one-cycle learning rate")
+
+
+@register_recipe
+def cifar10_phase5_mixup() -> Recipe:
+    return cifar10_phase4_onecycle().replace(name="cifar10_phase5_mixup", mixup_alpha=0.2,
+                                             description="phase 4 + Mixup")
+
+
+@register_recipe
+def cifar10_phase6_cutout() -> Recipe:
+    # DeVries & Taylor's CIFAR-10 length.
+    return cifar10_phase4_onecycle().replace(name="cifar10_phase6_cutout", cutout_length=16,
+                                             description="phase 4 + Cutout")
+
+
+@register_recipe
+def cifar10_phase7_label_smoothing() -> Recipe:
+    return cifar10_phase4_onecycle().replace(name="cifar10_phase7_label_smoothing", label_smoothing=0.1,
+                                             description="phase 4 + label smoothing (= cifar10_140k)")
+
+
+@register_recipe
+def cifar10_phase8_swa() -> Recipe:
+    return cifar10_phase4_onecycle().replace(name="cifar10_phase8_swa", swa_start=0.75, description="phase 4 + SWA")
+
+
+@register_recipe
+def cifar10_phase9_sam() -> Recipe:
+    return cifar10_phase4_onecycle().replace(name="cifar10_phase9_sam", sam_rho=0.05, description="phase 4 + SAM")
+
+
 def _mnist_1500_recipe() -> Recipe:
     # A tiny net underfits: no weight decay, no label smoothing, 1-pixel shifts only,
     # and many small-batch steps (45 epochs of batch 64) are what it needs.
