@@ -65,6 +65,7 @@ API_MODULES = (
     "keras_effcnn.layers",
     "keras_effcnn.schedules",
     "keras_effcnn.sam",
+    "keras_effcnn.distillation",
     "keras_effcnn.augment",
     "keras_effcnn.losses",
     "keras_effcnn.metrics",

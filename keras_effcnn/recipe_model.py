@@ -11,7 +11,9 @@ model it
   Keras's own fit parameters), counted from the optimizer step the call starts
   at (``initial_epoch`` included), so a short plain ``fit`` reaches the peak rate;
 * leaves itself usable after a ``fit`` / ``evaluate`` call that failed while
-  tracing (e.g. on labels of the wrong shape).
+  tracing (e.g. on labels of the wrong shape);
+* distils from the recipe's ``teacher`` while training, when it names one
+  (``keras_effcnn.distillation``).
 
 Only keras is imported here: ``import keras_effcnn`` registers these classes
 cheaply.
@@ -125,6 +127,23 @@ class RecipeMixin:
         super().compile_from_config(config)
         if recipe_optimizer:
             self._recipe_optimizer_id = id(self.optimizer)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss; in training, mixed with distillation from the recipe's ``teacher``.
+
+        ``(1 - distill_alpha) * loss + distill_alpha * T^2 * KL(teacher || student at T)``
+        (``keras_effcnn.distillation``); evaluation losses stay the compiled loss alone.
+        """
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        plan = self.training_plan
+        if not training or plan is None or plan.teacher is None:
+            return loss
+        from keras_effcnn import distillation
+
+        teacher = distillation.load_teacher(plan.teacher)
+        soft = distillation.distillation_loss(teacher(x, training=False), y_pred, plan.distill_temperature)
+        alpha = plan.distill_alpha
+        return (1.0 - alpha) * loss + alpha * keras.ops.cast(soft, loss.dtype)
 
     def size_schedule(self, steps_per_epoch: int | None, epochs: int, initial_epoch: int = 0) -> None:
         """Makes the recipe's learning-rate schedule span ``epochs`` x ``steps_per_epoch`` optimizer steps.

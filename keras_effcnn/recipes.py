@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import keras
 
-from keras_effcnn import data, models, presets
+from keras_effcnn import data, distillation, models, presets
 from keras_effcnn.layers._validation import check as _check
 from keras_effcnn.losses import ClassificationCrossentropy
 from keras_effcnn.metrics import ClassificationAccuracy
@@ -78,6 +78,11 @@ class Recipe:
             at the end of the last epoch (``callbacks.PreciseBN``; SWA does it anyway).
         sam_rho: SAM neighbourhood radius (0 disables SAM).
         sam_adaptive: adaptive SAM (ASAM).
+        teacher: path of a saved ``.keras`` model (logits of the same classes) to distil
+            from (``keras_effcnn.distillation``); None trains on the labels alone.
+        distill_alpha: weight of the distillation term, in ``(0, 1]``; the recipe's own
+            loss gets ``1 - distill_alpha``.
+        distill_temperature: softening temperature ``T > 0`` of both outputs.
         validation_split: fraction of the training set held out for validation.
         seed: seed for weights, data order and augmentation.
         description: one line for tables.
@@ -104,6 +109,9 @@ class Recipe:
     precise_bn: bool = False
     sam_rho: float = 0.0
     sam_adaptive: bool = False
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
     validation_split: float = 0.0
     seed: int = 0
     description: str = ""
@@ -125,6 +133,10 @@ class Recipe:
         _check(self.swa_start is None or 0 <= self.swa_start < 1, "swa_start", self.swa_start,
                "a fraction of the epochs in [0, 1), or None")
         _check(self.sam_rho >= 0, "sam_rho", self.sam_rho, ">= 0 (0 disables SAM)")
+        _check(self.teacher is None or (isinstance(self.teacher, str) and self.teacher), "teacher", self.teacher,
+               "None or the path of a saved .keras model")
+        _check(0 < self.distill_alpha <= 1, "distill_alpha", self.distill_alpha, "(0, 1]")
+        _check(self.distill_temperature > 0, "distill_temperature", self.distill_temperature, "> 0")
         _check(0 <= self.validation_split < 1, "validation_split", self.validation_split, "[0, 1)")
 
     # -- plain data ---------------------------------------------------------------
@@ -285,6 +297,9 @@ def build(recipe: Recipe | str | os.PathLike, weights: str | os.PathLike | None 
     else:
         model = RecipeModel(inputs=base.input, outputs=base.output, name=base.name, recipe=recipe.to_dict())
     model.training_plan = recipe
+    if recipe.teacher is not None and include_top:
+        # Fail here, not at the first training step, when the teacher cannot teach this model.
+        distillation.load_teacher(recipe.teacher, num_classes=num_classes, input_shape=model.input_shape[1:])
     if weights is not None:
         models.load_weights(model, weights, builder=recipe.model, options=recipe.model_options)
     if include_top:

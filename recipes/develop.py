@@ -84,6 +84,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_EFFCNN_DATA_DIR"))
     parser.add_argument("--results", default=str(HERE / "results" / "development"))
     parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument("--save", default=None, metavar="PATH",
+                        help="also save the final model (.keras), e.g. as a teacher trained on this split "
+                             "(a teacher for seed k must be trained with seed k: the split follows the seed)")
     args = parser.parse_args(argv)
 
     changes = {}
@@ -124,6 +127,10 @@ def main(argv=None) -> dict:
         "epochs": clock.records,
         "note": "validation split of the training set only; the test set was not evaluated",
     }
+    if args.save:
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        model.save(args.save)
+        record["saved_model"] = args.save
     out = Path(args.results) / f"{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
