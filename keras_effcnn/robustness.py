@@ -261,7 +261,7 @@ class RobustnessReport:
             for name, by_severity in self.corruption_accuracy.items():
                 cells = [f"{by_severity[s]:.4f}" if s in by_severity else "" for s in severities]
                 lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(list(by_severity.values())):.4f} |")
-            lines += [f"| **all** | " + " | ".join("" for _ in severities)
+            lines += ["| **all** | " + " | ".join("" for _ in severities)
                       + f" | {self.mean_corruption_accuracy:.4f} |", ""]
         if self.shift_consistency:
             lines += [f"| max shift k (px, {self.shift_mode}) | consistency |", "|---:|---:|"]
