@@ -53,6 +53,7 @@ def _batch(n=8):
     return rng.integers(0, 256, (n, 28, 28, 1)).astype("float32"), rng.integers(0, 10, n)
 
 
+@pytest.mark.backend_neutral  # also run with KERAS_BACKEND=jax in CI
 def test_training_loss_mixes_the_recipe_loss_with_the_teacher(teacher_path):
     student = _student(teacher_path)
     x, labels = _batch()
