@@ -11,7 +11,8 @@ registration order) and every seed it builds the compiled model, trains it with
 epoch), parameters, MACs, wall time, seed, the command and the commit. Results go to
 ``recipes/results/<dataset>_phases.{json,md,png}`` and each final model's weights to
 ``recipes/results/models/``; rows already present for the same (recipe, seed, epochs)
-are kept, so an interrupted reproduction resumes. The table shows, per phase, the
+are kept, and each run checkpoints its epochs under ``runs/phases/`` (``--checkpoints``),
+so an interrupted reproduction resumes from the last finished epoch of the run it was in. The table shows, per phase, the
 mean ± sample standard deviation over the seeds that ran, beside the paper's own
 figure (:data:`PAPER_TEST_ACCURACY`).
 
