@@ -186,12 +186,12 @@ def plot_phases(doc: dict, path: Path) -> None:
     groups = phase_groups(doc)
     if not groups:
         return
-    # Runs of several lengths share a recipe name: the label says which bar is which length.
-    several = len({g["epochs"] for g in groups}) > 1
-    names = [g["recipe"].split("_phase")[-1] + (f" ({g['epochs']} ep)" if several else "") for g in groups]
+    # Runs of several lengths share a recipe name: the label and colour say which bar is which length.
+    lengths = sorted({g["epochs"] for g in groups})
+    names = [g["recipe"].split("_phase")[-1] + (f" ({g['epochs']} ep)" if len(lengths) > 1 else "") for g in groups]
     acc = [g["mean"] for g in groups]
     err = [g["std"] or 0.0 for g in groups]
-    colors = plt.cm.tab10([sorted({g["epochs"] for g in groups}).index(g["epochs"]) for g in groups])
+    colors = plt.cm.tab10([lengths.index(g["epochs"]) for g in groups])
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups)), 4))
     ax.bar(range(len(groups)), acc, yerr=err, capsize=3, color=colors)
     ax.set_xticks(range(len(groups)), names, rotation=45, ha="right")
