@@ -16,6 +16,8 @@ Usage::
 
 ``--set key=value`` changes a recipe field (JSON values: ``--set model_options='{"blurpool": false}'``).
 ``--validation-images`` (default 5,000) sets how many training images are held out.
+``--out DIR`` checkpoints every epoch there; the same command started again resumes
+a killed run (long runs that may outlive a session).
 """
 
 from __future__ import annotations
@@ -43,13 +45,21 @@ class EpochClock(keras.callbacks.Callback):
     """Cumulative training wall and process CPU seconds at each epoch end, and Keras' validation accuracy.
 
     Time runs to the last batch's end: Keras' validation and the epoch-end callbacks
-    (e.g. PreciseBN's pass) come after it and are not counted.
+    (e.g. PreciseBN's pass) come after it and are not counted. Resumable through
+    ``fit(out=...)`` (``get_state``/``set_state``); an epoch killed mid-way is not counted.
     """
 
     def __init__(self):
         super().__init__()
         self.records: list[dict] = []
         self._wall = self._cpu = 0.0
+
+    def get_state(self) -> dict:
+        return {"records": [dict(r) for r in self.records], "wall": self._wall, "cpu": self._cpu}
+
+    def set_state(self, state: dict) -> None:
+        self.records = [dict(r) for r in state["records"]]
+        self._wall, self._cpu = float(state["wall"]), float(state["cpu"])
 
     def on_epoch_begin(self, epoch, logs=None):
         self._w0, self._c0 = time.perf_counter(), time.process_time()
@@ -87,6 +97,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--save", default=None, metavar="PATH",
                         help="also save the final model (.keras), e.g. as a teacher trained on this split "
                              "(a teacher for seed k must be trained with seed k: the split follows the seed)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="epoch checkpoints of this run; an existing one is resumed (e.g. runs/develop/<tag>)")
     args = parser.parse_args(argv)
 
     changes = {}
@@ -105,7 +117,8 @@ def main(argv=None) -> dict:
     clock = EpochClock()
     load_start = os.getloadavg()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = recipes.fit(model, args.data_dir, callbacks=[clock], verbose=args.verbose, evaluate_test=False)
+    result = recipes.fit(model, args.data_dir, callbacks=[clock], verbose=args.verbose, evaluate_test=False,
+                         out=args.out, save_every_steps=None)
     # The final model (after end-of-training callbacks such as SWA or PreciseBN, which Keras'
     # per-epoch validation does not see), on the same held-out images.
     splits = data.load(recipe.dataset, args.data_dir, batch_size=recipe.batch_size,
@@ -123,7 +136,7 @@ def main(argv=None) -> dict:
         "final_val_accuracy": final_val,
         "train_wall_s": clock.records[-1]["train_wall_s"], "train_cpu_s": clock.records[-1]["train_cpu_s"],
         "process_wall_s": round(time.perf_counter() - wall0, 1), "process_cpu_s": round(time.process_time() - cpu0, 1),
-        "params": result.params, "macs": result.macs,
+        "params": result.params, "macs": result.macs, "resumed_from": result.resumed_from,
         "epochs": clock.records,
         "note": "validation split of the training set only; the test set was not evaluated",
     }
