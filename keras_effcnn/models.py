@@ -310,7 +310,7 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
                  classifier_activation: str | None = None, blurpool: bool = True, blur_filter_size: int = 3,
                  blur_padding: str = "reflect", se_ratio: float | None = None,
                  widths: Sequence[int] = (8, 12, 12, 14, 16), dropout: float = 0.0,
-                 bn_momentum: float = 0.9, half_resolution: bool = False) -> keras.Model:
+                 bn_momentum: float = 0.9, half_resolution: bool = False, bn_scale: bool = True) -> keras.Model:
     """An MNIST network under 1,500 parameters.
 
     Compared with the paper's port it drops the 1x1 transition convolutions (their
@@ -328,18 +328,25 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     training images per second on CPU, but 98.68 % instead of 99.10 % validation
     accuracy with mnist_1500_fast (``benchmarks/results/levers.md``), so no recipe
     uses it.
+
+    ``bn_scale=False`` drops every BatchNorm's gamma (``widths`` ``(8, 12, 12, 14,
+    16)``: 108 of the 1,494 parameters). Every BatchNorm here is followed by a ReLU
+    and then a linear layer (convolution, SE's pooling or the GAP + dense head),
+    which absorbs a positive scale, so the net loses no function and the budget
+    buys width instead.
     """
     if len(widths) != 5:
         raise ValueError(f"widths must list 5 channel counts; got {widths!r}")
     inputs, x = _input("mnist", input_shape, num_classes)
-    block = dict(bn_momentum=bn_momentum, dropout=dropout, se_ratio=se_ratio)
+    block = dict(bn_momentum=bn_momentum, dropout=dropout, se_ratio=se_ratio, bn_scale=bn_scale)
     a, b, c, d, e = widths
     if half_resolution:
         # The input has one channel and nothing trainable before it, so its blur is cheap
         # and Zhang's reflected border costs no MirrorPad gradient.
         x = (BlurPool2D(filter_size=blur_filter_size, strides=2, padding="reflect", name="input_blurpool")(x)
              if blurpool else layers.AveragePooling2D(2, name="input_avgpool")(x))
-    x = ConvBNAct(a, 3, padding="valid", bn_momentum=bn_momentum, dropout=dropout, name="stem")(x)
+    x = ConvBNAct(a, 3, padding="valid", bn_momentum=bn_momentum, dropout=dropout, bn_scale=bn_scale,
+                  name="stem")(x)
     x = DepthwiseSeparableBlock(b, 3, padding="valid", name="b1", **block)(x)
     if not half_resolution:
         x = _blur_downsample(x, "down1", blurpool, blur_filter_size, blur_padding)

@@ -102,6 +102,44 @@ def test_effcnn_mnist_half_resolution_keeps_the_parameters_on_a_14x14_image():
     assert models.count_macs(half) == expected
 
 
+def test_effcnn_mnist_without_bn_scale_computes_the_same_functions():
+    # Each gamma folds into the next linear layer: ReLU(g*z + b) = g * ReLU(z + b/g) for g > 0, and
+    # BlurMaxPool and GAP commute with a positive per-channel scale.
+    with_scale = models.build("effcnn_mnist")
+    without = models.build("effcnn_mnist", bn_scale=False)
+    n_gamma = 8 + (8 + 12) + (12 + 12) + (12 + 14) + (14 + 16)
+    assert models.count_params(without)["trainable"] == models.count_params(with_scale)["trainable"] - n_gamma
+    rng = np.random.default_rng(0)
+    for variable in with_scale.weights:
+        values = rng.uniform(0.5, 2.0, variable.shape) if "gamma" in variable.path else (
+            0.5 * rng.standard_normal(variable.shape))
+        variable.assign(values.astype("float32"))
+    weights = {v.path: keras.ops.convert_to_numpy(v).copy() for v in with_scale.weights}
+
+    def fold(bn, kernel, scale_axis):
+        gamma = weights[bn.gamma.path]
+        weights[bn.beta.path] = weights[bn.beta.path] / gamma
+        shape = [1] * weights[kernel.path].ndim
+        shape[scale_axis] = -1
+        weights[kernel.path] = weights[kernel.path] * gamma.reshape(shape)
+
+    chain = [with_scale.get_layer("stem").bn]
+    for name in ("b1", "b2", "b3", "b4"):
+        block = with_scale.get_layer(name)
+        fold(chain[-1], block.depthwise.kernel, 2)  # depthwise kernel (3, 3, C, 1): input channels
+        fold(block.depthwise_bn, block.pointwise.conv.kernel, 2)  # pointwise (1, 1, C, F)
+        chain.append(block.pointwise.bn)
+    fold(chain[-1], with_scale.get_layer("logits").kernel, 0)
+    by_path = {v.path: v for v in without.weights}
+    for path, value in weights.items():
+        if path in by_path:
+            by_path[path].assign(value)
+    x = rng.uniform(0, 1, (16, 28, 28, 1)).astype("float32")
+    # Training mode: batch statistics, so the next BatchNorm normalises the scale away exactly
+    # (up to its epsilon).
+    np.testing.assert_allclose(without(x, training=True), with_scale(x, training=True), rtol=1e-3, atol=1e-3)
+
+
 def test_unknown_model_and_bad_shapes():
     with pytest.raises(ValueError, match="`model` must be one of"):
         models.build("resnet9000")

@@ -42,14 +42,16 @@ def check_batch_norm_args(bn_momentum, bn_epsilon) -> tuple[float, float]:
     return momentum, epsilon
 
 
-def make_norm_act(activation_fn, bn_momentum: float, bn_epsilon: float, dtype, prefix: str = ""):
+def make_norm_act(activation_fn, bn_momentum: float, bn_epsilon: float, dtype, prefix: str = "",
+                  scale: bool = True):
     """Return the ``(BatchNormalization, Activation or None)`` pair of a block.
 
     The norm is a ``FusedBatchNormalization``: Keras' layer with TensorFlow's
     fused training kernel, ~3x cheaper on CPU, same weights and results.
+    ``scale=False`` drops its gamma.
     """
     norm = FusedBatchNormalization(
-        momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype, name=f"{prefix}bn"
+        momentum=bn_momentum, epsilon=bn_epsilon, scale=scale, dtype=dtype, name=f"{prefix}bn"
     )
     act = (
         None
@@ -79,8 +81,8 @@ class ConvBNAct(keras.layers.Layer):
     tracks the batch statistics faster than Keras' 0.99 and helps short runs.
 
     Trainable parameters: ``k*k*(C_in/groups)*filters`` (+ ``filters`` if
-    ``use_bias``) + ``2*filters`` (BN gamma, beta); BN adds ``2*filters``
-    non-trainable moving statistics.
+    ``use_bias``) + ``2*filters`` (BN gamma, beta; ``filters`` without gamma);
+    BN adds ``2*filters`` non-trainable moving statistics.
 
     Args:
         filters: output channels, >= 1.
@@ -94,6 +96,11 @@ class ConvBNAct(keras.layers.Layer):
         use_bias: convolution bias (redundant before BatchNorm, hence off).
         bn_momentum: BatchNorm moving-average momentum in ``[0, 1]``.
         bn_epsilon: BatchNorm epsilon, > 0.
+        bn_scale: BatchNorm's gamma. Without it the block loses nothing when a
+            linear layer follows (a ReLU is positively homogeneous, so the next
+            convolution or dense layer absorbs the scale), as Keras'
+            ``BatchNormalization(scale=False)`` documents: tiny nets spend the
+            saved parameters on width. Keep it where a residual sum follows.
         dropout: dropout rate after the block, in ``[0, 1)``; 0 adds no layer.
         kernel_regularizer: regularizer for the convolution kernel.
         kernel_initializer: initializer for the convolution kernel.
@@ -127,6 +134,7 @@ class ConvBNAct(keras.layers.Layer):
         use_bias: bool = False,
         bn_momentum: float = 0.9,
         bn_epsilon: float = 1e-5,
+        bn_scale: bool = True,
         dropout: float = 0.0,
         kernel_regularizer=None,
         kernel_initializer="glorot_uniform",
@@ -146,6 +154,7 @@ class ConvBNAct(keras.layers.Layer):
         self.order = check_choice("order", order, ORDERS)
         self.use_bias = bool(use_bias)
         self.bn_momentum, self.bn_epsilon = check_batch_norm_args(bn_momentum, bn_epsilon)
+        self.bn_scale = bool(bn_scale)
         self.dropout = check_dropout(dropout)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -164,7 +173,7 @@ class ConvBNAct(keras.layers.Layer):
             name="conv",
         )
         self.bn, self.act = make_norm_act(
-            activation_fn, self.bn_momentum, self.bn_epsilon, self.dtype_policy
+            activation_fn, self.bn_momentum, self.bn_epsilon, self.dtype_policy, scale=self.bn_scale
         )
         self.drop = (
             keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
@@ -210,6 +219,7 @@ class ConvBNAct(keras.layers.Layer):
             use_bias=self.use_bias,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            bn_scale=self.bn_scale,
             dropout=self.dropout,
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer)
             if self.kernel_regularizer is not None

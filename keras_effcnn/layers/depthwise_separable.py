@@ -35,7 +35,8 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
     Trainable parameters, with ``C = C_in``, ``F = filters``, ``b = use_bias``:
     ``k*k*C + b*C + 2*C`` (depthwise + BN) ``+ SE(C)`` ``+ C*F + b*F + 2*F``
     (pointwise + BN), where ``SE(C) = 2*C*r + r + C`` with
-    ``r = max(1, round(C * se_ratio))``.
+    ``r = max(1, round(C * se_ratio))``; ``bn_scale=False`` removes ``C + F``
+    (the two BatchNorms' gammas).
 
     References: L. Sifre, "Rigid-motion scattering for image classification",
     2014; A. Howard et al., "MobileNets", arXiv:1704.04861; F. Chollet,
@@ -57,6 +58,8 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
         dropout: dropout rate before the residual add, in ``[0, 1)``.
         bn_momentum: BatchNorm momentum in ``[0, 1]`` (0.9 = PyTorch's default).
         bn_epsilon: BatchNorm epsilon, > 0.
+        bn_scale: the BatchNorms' gammas; see ``ConvBNAct`` (without them the
+            residual branch cannot scale itself against the input).
         use_bias: biases on the two convolutions (off: BatchNorm follows).
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
@@ -90,6 +93,7 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
         dropout: float = 0.0,
         bn_momentum: float = 0.9,
         bn_epsilon: float = 1e-5,
+        bn_scale: bool = True,
         use_bias: bool = False,
         **kwargs,
     ) -> None:
@@ -118,6 +122,7 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
             )
         self.dropout = check_dropout(dropout)
         self.bn_momentum, self.bn_epsilon = check_batch_norm_args(bn_momentum, bn_epsilon)
+        self.bn_scale = bool(bn_scale)
         self.use_bias = bool(use_bias)
 
         self.depthwise = keras.layers.DepthwiseConv2D(
@@ -130,7 +135,8 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
             name="depthwise",
         )
         self.depthwise_bn, self.depthwise_act = make_norm_act(
-            activation_fn, self.bn_momentum, self.bn_epsilon, self.dtype_policy, "depthwise_"
+            activation_fn, self.bn_momentum, self.bn_epsilon, self.dtype_policy, "depthwise_",
+            scale=self.bn_scale,
         )
         self.se = (
             None
@@ -145,6 +151,7 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
             use_bias=self.use_bias,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            bn_scale=self.bn_scale,
             dropout=self.dropout,
             dtype=self.dtype_policy,
             name="pointwise",
@@ -195,6 +202,7 @@ class DepthwiseSeparableBlock(keras.layers.Layer):
             dropout=self.dropout,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            bn_scale=self.bn_scale,
             use_bias=self.use_bias,
         )
         return config

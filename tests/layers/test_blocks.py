@@ -18,8 +18,8 @@ def _randomize(layer: keras.layers.Layer, rng) -> None:
         variable.assign(values.astype("float32"))
 
 
-def _norm_act(x, order, momentum=0.9, epsilon=1e-5):
-    norm = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon)
+def _norm_act(x, order, momentum=0.9, epsilon=1e-5, scale=True):
+    norm = keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, scale=scale)
     if order == "bn_act":
         return keras.layers.ReLU()(norm(x)), norm
     return norm(keras.layers.ReLU()(x)), norm
@@ -35,37 +35,39 @@ def _non_trainable(layer) -> int:
 
 def test_conv_bn_act_parameter_count_formula():
     cases = [
-        # (C_in, filters, kernel, groups, use_bias)
-        (3, 16, 3, 1, False),
-        (8, 12, 5, 2, False),
-        (8, 8, 1, 4, True),
-        (1, 32, 7, 1, True),
+        # (C_in, filters, kernel, groups, use_bias, bn_scale)
+        (3, 16, 3, 1, False, True),
+        (8, 12, 5, 2, False, True),
+        (8, 8, 1, 4, True, True),
+        (1, 32, 7, 1, True, True),
+        (3, 16, 3, 1, False, False),
     ]
-    for c_in, filters, kernel, groups, use_bias in cases:
-        block = ConvBNAct(filters, kernel, groups=groups, use_bias=use_bias)
+    for c_in, filters, kernel, groups, use_bias, bn_scale in cases:
+        block = ConvBNAct(filters, kernel, groups=groups, use_bias=use_bias, bn_scale=bn_scale)
         block.build((None, 16, 16, c_in))
-        expected = kernel * kernel * (c_in // groups) * filters + use_bias * filters + 2 * filters
-        assert _trainable(block) == expected, (c_in, filters, kernel, groups, use_bias)
+        expected = kernel * kernel * (c_in // groups) * filters + use_bias * filters + (1 + bn_scale) * filters
+        assert _trainable(block) == expected, (c_in, filters, kernel, groups, use_bias, bn_scale)
         assert _non_trainable(block) == 2 * filters
 
 
 def test_depthwise_separable_parameter_count_formula():
     cases = [
-        # (C_in, filters, kernel, se_ratio, use_bias)
-        (16, 32, 3, None, False),
-        (16, 16, 5, 0.25, False),
-        (10, 24, 3, 0.25, True),
-        (3, 8, 7, 0.5, True),
+        # (C_in, filters, kernel, se_ratio, use_bias, bn_scale)
+        (16, 32, 3, None, False, True),
+        (16, 16, 5, 0.25, False, True),
+        (10, 24, 3, 0.25, True, True),
+        (3, 8, 7, 0.5, True, True),
+        (10, 24, 3, 0.25, False, False),
     ]
-    for c_in, filters, kernel, se_ratio, use_bias in cases:
-        block = DepthwiseSeparableBlock(filters, kernel, se_ratio=se_ratio, use_bias=use_bias)
+    for c_in, filters, kernel, se_ratio, use_bias, bn_scale in cases:
+        block = DepthwiseSeparableBlock(filters, kernel, se_ratio=se_ratio, use_bias=use_bias, bn_scale=bn_scale)
         block.build((None, 12, 12, c_in))
         se = 0
         if se_ratio is not None:
             r = latent_channels_for(c_in, se_ratio)
             se = 2 * c_in * r + r + c_in
-        depthwise = kernel * kernel * c_in + use_bias * c_in + 2 * c_in
-        pointwise = c_in * filters + use_bias * filters + 2 * filters
+        depthwise = kernel * kernel * c_in + use_bias * c_in + (1 + bn_scale) * c_in
+        pointwise = c_in * filters + use_bias * filters + (1 + bn_scale) * filters
         assert _trainable(block) == depthwise + se + pointwise, (c_in, filters, kernel, se_ratio)
         assert _non_trainable(block) == 2 * c_in + 2 * filters
 
@@ -150,20 +152,21 @@ def test_kernel_regularizer_reaches_the_convolution():
 
 
 @pytest.mark.parametrize(
-    "order, se_ratio, residual",
-    [("bn_act", None, False), ("act_bn", 0.25, True), ("bn_act", 0.5, True)],
+    "order, se_ratio, residual, bn_scale",
+    [("bn_act", None, False, True), ("act_bn", 0.25, True, True), ("bn_act", 0.5, True, False)],
 )
-def test_depthwise_separable_equals_composition_of_standard_layers(order, se_ratio, residual):
+def test_depthwise_separable_equals_composition_of_standard_layers(order, se_ratio, residual, bn_scale):
     rng = np.random.default_rng(4)
     channels = 8
     x = rng.standard_normal((3, 7, 7, channels)).astype("float32")
-    block = DepthwiseSeparableBlock(channels, 3, order=order, se_ratio=se_ratio, residual=residual)
+    block = DepthwiseSeparableBlock(channels, 3, order=order, se_ratio=se_ratio, residual=residual,
+                                    bn_scale=bn_scale)
     block.build(x.shape)
     _randomize(block, rng)
 
     inputs = keras.Input(x.shape[1:])
     depthwise = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)
-    h, depthwise_norm = _norm_act(depthwise(inputs), order)
+    h, depthwise_norm = _norm_act(depthwise(inputs), order, scale=bn_scale)
     if se_ratio is not None:
         latent = latent_channels_for(channels, se_ratio)
         reduce = keras.layers.Conv2D(latent, 1, activation="relu")
@@ -171,7 +174,7 @@ def test_depthwise_separable_equals_composition_of_standard_layers(order, se_rat
         gate = expand(reduce(keras.layers.GlobalAveragePooling2D(keepdims=True)(h)))
         h = keras.layers.Multiply()([h, gate])
     pointwise = keras.layers.Conv2D(channels, 1, use_bias=False)
-    h, pointwise_norm = _norm_act(pointwise(h), order)
+    h, pointwise_norm = _norm_act(pointwise(h), order, scale=bn_scale)
     if residual:
         h = keras.layers.Add()([h, inputs])
     reference = keras.Model(inputs, h)

@@ -23,7 +23,7 @@ LAYERS = {
     "blurpool_zero": lambda: BlurPool2D(4, 1, "zero"),
     "squeeze_excite": lambda: SqueezeExcite(latent_channels=3, gate="hard_sigmoid", activation="swish"),
     "conv_bn_act": lambda: ConvBNAct(
-        8, 3, groups=2, order="act_bn", dropout=0.2, kernel_regularizer=keras.regularizers.L2(1e-4)
+        8, 3, groups=2, order="act_bn", bn_scale=False, dropout=0.2, kernel_regularizer=keras.regularizers.L2(1e-4)
     ),
     "depthwise_separable": lambda: DepthwiseSeparableBlock(
         8, 5, order="act_bn", se_ratio=0.25, se_gate="hard_sigmoid", residual=True, dropout=0.1
