@@ -99,8 +99,9 @@ class ConvBNAct(keras.layers.Layer):
         bn_scale: BatchNorm's gamma. Without it the block loses nothing when a
             linear layer follows (a ReLU is positively homogeneous, so the next
             convolution or dense layer absorbs the scale), as Keras'
-            ``BatchNormalization(scale=False)`` documents: tiny nets spend the
-            saved parameters on width. Keep it where a residual sum follows.
+            ``BatchNormalization(scale=False)`` documents, and the saved
+            parameters can buy width (for ``effcnn_mnist`` that trained worse:
+            see its docstring). Keep it where a residual sum follows.
         dropout: dropout rate after the block, in ``[0, 1)``; 0 adds no layer.
         kernel_regularizer: regularizer for the convolution kernel.
         kernel_initializer: initializer for the convolution kernel.
