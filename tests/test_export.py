@@ -309,7 +309,7 @@ def test_bad_arguments(trained, mnist, tmp_path):
 
 
 def _reference_outputs(path, images):
-    """Outputs of the reference kernels (no XNNPACK), image by image."""
+    """Outputs of LiteRT's built-in kernels (no XNNPACK), image by image."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(model_path=str(path),
@@ -370,9 +370,14 @@ def test_dead_relu_scale_is_widened_so_xnnpack_loads_the_file(tmp_path, monkeypa
     assert not raw.xnnpack
     # The dead tensor only ever holds its zero point, so nothing changes numerically.
     np.testing.assert_array_equal(_reference_outputs(fixed.path, images), _reference_outputs(raw.path, images))
-    with pytest.warns(UserWarning, match="reference kernels"):  # run_tflite still runs the raw file
+    with pytest.warns(UserWarning, match="built-in kernels"):  # run_tflite still runs the raw file
         np.testing.assert_allclose(export.run_tflite(raw.path, images), _reference_outputs(raw.path, images),
                                    atol=SOFTMAX_STEP)  # batched kernels may round differently
+    # Chosen explicitly, one image per invoke: the same kernels, so the same numbers.
+    np.testing.assert_array_equal(export.run_tflite(raw.path, images, batch_size=1, kernels="builtin"),
+                                  _reference_outputs(raw.path, images))
+    with pytest.raises(ValueError, match="kernels"):
+        export.run_tflite(raw.path, images, kernels="gpu")
     # XNNPACK rounds differently from the reference kernels: within two output steps.
     np.testing.assert_allclose(export.run_tflite(fixed.path, images), _reference_outputs(fixed.path, images),
                                atol=2 * SOFTMAX_STEP)
