@@ -1,0 +1,107 @@
+"""Which LiteRT kernels TFLM matches, and whether more calibration images quantize cifar10_140k better.
+
+1. For each shipped int8 file: top-1 agreement of TFLM with LiteRT's three kernel sets
+   (``export.run_tflite(..., kernels=...)``) on the first test images (1,000 CIFAR-10,
+   2,000 MNIST, as in ``tests/test_export_micro.py``), and the largest output difference.
+2. For ``cifar10_140k``: int8 files calibrated on 200 and on 1,000 training images, each
+   compared with the Keras model on a separate seeded sample of 5,000 training images (it
+   may share ~1 % of its images with a calibration sample; int8 on the reference kernels and
+   on XNNPACK). Numeric fidelity only: the test set is not used.
+
+Usage::
+
+    python benchmarks/int8_fidelity.py --data-dir ../shared/data
+
+Writes ``benchmarks/results/int8_fidelity.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from keras_effcnn import data, export, provenance, recipes  # noqa: E402
+from keras_effcnn.export import litert, micro  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "keras_effcnn" / "weights"
+
+
+def kernel_agreement(data_dir) -> list[dict]:
+    rows = []
+    for name, dataset, count in (("cifar10_140k", "cifar10", 1_000), ("mnist_1500", "mnist", 2_000)):
+        path = WEIGHTS / f"{name}_int8.tflite"
+        (_, _), (x, _) = data.load_arrays(dataset, data_dir)
+        images = x[:count]
+        tflm = micro.run_micro(path, images)
+        for kernels in litert.KERNELS:
+            out = export.run_tflite(path, images, kernels=kernels)
+            rows.append(dict(file=path.name, images=count, kernels=kernels,
+                             agreement=float(np.mean(tflm.argmax(1) == out.argmax(1))),
+                             max_abs_diff=float(np.abs(tflm - out).max())))
+    return rows
+
+
+def calibration_sizes(data_dir, sizes=(200, 1_000), n=5_000) -> list[dict]:
+    model = recipes.cifar10_140k(weights="cifar10")
+    (x, y), _ = data.load_arrays("cifar10", data_dir)
+    # representative_images draws with seed 0; this seed picks a different sample.
+    idx = np.random.default_rng(123).choice(len(x), n, replace=False)
+    xs, ys = x[idx], y[idx].reshape(-1)
+    keras_acc = float(np.mean(model.predict(xs.astype("float32") / 255.0, batch_size=500, verbose=0).argmax(1) == ys))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            calibration = data.representative_images("cifar10", data_dir, n=size)
+            report = export.to_tflite(model, Path(tmp) / f"c{size}.tflite", quantize="int8",
+                                      representative_data=calibration, report=False)
+            acc = {k: float(np.mean(export.run_tflite(report.path, xs, kernels=k).argmax(1) == ys))
+                   for k in ("reference", "xnnpack")}
+            rows.append(dict(calibration_images=size, train_images=n, keras_accuracy=keras_acc,
+                             int8_reference_accuracy=acc["reference"], int8_xnnpack_accuracy=acc["xnnpack"]))
+    return rows
+
+
+def to_markdown(doc: dict) -> str:
+    lines = ["# int8 fidelity: TFLM against LiteRT's kernels; calibration size", "",
+             f"Command: `{doc['command']}` at commit `{doc['commit']}`, {doc['date_utc']}.", "",
+             "| file | test images | LiteRT kernels | TFLM top-1 agreement | max abs output difference |",
+             "|---|---:|---|---:|---:|"]
+    lines += [f"| `{r['file']}` | {r['images']:,} | {r['kernels']} | {r['agreement']:.4f} | {r['max_abs_diff']:.4f} |"
+              for r in doc["kernels"]]
+    lines += ["", "`cifar10_140k`, int8 against Keras on a separate seeded sample of training images "
+              "(numeric fidelity; the test set is not used):", "",
+              "| calibration images | training images | Keras | int8, reference kernels | int8, XNNPACK |",
+              "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['calibration_images']:,} | {r['train_images']:,} | {r['keras_accuracy']:.4f} | "
+              f"{r['int8_reference_accuracy']:.4f} | {r['int8_xnnpack_accuracy']:.4f} |" for r in doc["calibration"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("KERAS_EFFCNN_DATA_DIR"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    doc = dict(command="python " + " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+               commit=provenance.git_commit(ROOT),
+               date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               kernels=kernel_agreement(args.data_dir), calibration=calibration_sizes(args.data_dir))
+    out = Path(args.results)
+    (out / "int8_fidelity.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "int8_fidelity.md").write_text(to_markdown(doc))
+    print(to_markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
