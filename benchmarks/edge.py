@@ -121,6 +121,14 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_note(start: tuple[float, ...], end: tuple[float, ...]) -> str:
+    """What the load averages say about the latencies (one thread each: idle means load < cores)."""
+    loads = f"load average {', '.join(f'{v:.1f}' for v in start)} at start, {', '.join(f'{v:.1f}' for v in end)} at end"
+    if max(start[0], end[0]) < (os.cpu_count() or 1):
+        return f"Single-thread latencies with a core free ({loads})."
+    return f"The cores were busy with other jobs ({loads}): the latencies are noisy upper bounds."
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_EFFCNN_DATA_DIR"))
@@ -130,6 +138,7 @@ def main(argv=None) -> int:
 
     from keras_effcnn import recipes
 
+    load_start = os.getloadavg()
     rows = []
     for name, dataset in SHIPPED:
         (_, _), (x_test, _) = data.load_arrays(dataset, args.data_dir)
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
                    f"Python {platform.python_version()}",
-        "shared": "The machine was shared with other jobs while measuring: latencies are noisy upper bounds.",
+        "shared": _load_note(load_start, os.getloadavg()),
         "runs": args.runs,
         "models": rows,
     }

@@ -326,10 +326,12 @@ def augmentations(recipe: Recipe) -> list[Callable]:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What :func:`fit` measured: the history, final-epoch test metrics and wall time.
+    """What :func:`fit` measured: the history, final-epoch test metrics, wall and CPU time.
 
     ``history`` covers every epoch of the run, also those trained before a resume;
-    ``wall_time_s`` is this process's time (training and the final evaluation);
+    ``wall_time_s`` is this process's time (training and the final evaluation) and
+    ``cpu_time_s`` the CPU-seconds of all its threads over the same span (on shared
+    cores the noise-robust figure: other jobs lengthen the wall time, not this one);
     ``timeline`` (with ``track_test``) counts training time across resumes;
     ``resumed_from`` names the checkpoint a resumed run started from.
     """
@@ -343,6 +345,7 @@ class TrainResult:
     macs: int
     timeline: list[dict] | None = None
     resumed_from: str | None = None
+    cpu_time_s: float | None = None
 
     @property
     def test_accuracy(self) -> float:
@@ -350,7 +353,8 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "history": self.history, "test": self.test,
-                "wall_time_s": self.wall_time_s, "epochs": self.epochs, "params": self.params, "macs": self.macs,
+                "wall_time_s": self.wall_time_s, "cpu_time_s": self.cpu_time_s, "epochs": self.epochs,
+                "params": self.params, "macs": self.macs,
                 "timeline": self.timeline, "resumed_from": self.resumed_from}
 
     def time_to(self, accuracy: float) -> float | None:
@@ -449,11 +453,11 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
         # restore comes after their on_train_begin resets.
         (resume,) = resume_callbacks(out, cbs, save_every_steps=save_every_steps, verbose=1)
         cbs.append(resume)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     history = model.fit(splits.train, epochs=epochs, validation_data=splits.val, callbacks=cbs, verbose=verbose,
                         shuffle=False)  # the pipeline shuffles itself, from (seed, epoch)
     test = model.evaluate(splits.test, return_dict=True, verbose=0) if evaluate_test else {}
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     if resume is not None:
         hist = resume.history  # fit's own history holds only the epochs since the restart
     else:
@@ -461,7 +465,8 @@ def fit(model: keras.Model, data_dir: str | os.PathLike | None = None, *, recipe
     return TrainResult(recipe, hist, {k: float(v) for k, v in test.items()}, wall, epochs,
                        models.count_params(model), models.count_macs(model),
                        timeline.records if timeline is not None else None,
-                       None if resume is None or resume.resumed_from is None else str(resume.resumed_from.path))
+                       None if resume is None or resume.resumed_from is None else str(resume.resumed_from.path),
+                       cpu)
 
 
 def technique_callbacks(recipe: Recipe, epochs: int, bn_data=None) -> Iterable[keras.callbacks.Callback]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -34,6 +35,8 @@ def test_train_then_evaluate_then_resume(tmp_path, data_dir, capsys, monkeypatch
     results = json.loads((out / "results.json").read_text())
     assert results["recipe"]["epochs"] == 1 and results["params"]["trainable"] == 1_494
     assert "--subset 3000" in results["command"] and results["resumed_from"] is None
+    # CPU-seconds of all threads: positive, and no more than the cores can give in the wall time.
+    assert 0 < results["cpu_time_s"] <= results["wall_time_s"] * os.cpu_count() * 1.02 + 0.1
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == 1
     # 47 batches: checkpoints after batches 20 and 40 and at the epoch end; the newest two are kept.

@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     plot_history(result.history, out / "curves.png", title=f"{recipe.name} (seed {recipe.seed})")
     resumed = "" if result.resumed_from is None else f", resumed from {Path(result.resumed_from).name}"
     print(f"{recipe.name}: final-epoch test accuracy {result.test_accuracy:.4f} ({result.params['trainable']:,} "
-          f"params, {result.macs:,} MACs, {result.wall_time_s:.0f} s{resumed}) -> {out}")
+          f"params, {result.macs:,} MACs, {result.wall_time_s:.0f} s wall, "
+          f"{result.cpu_time_s:.0f} CPU-s{resumed}) -> {out}")
 
     if args.export != "none":
         from keras_effcnn import data, export

@@ -67,7 +67,8 @@ class ExportReport:
             than the model's logits.
         micro: the TensorFlow Lite Micro check of an int8 file on images held
             out from calibration (:func:`keras_effcnn.export.micro.check_micro`):
-            ``agreement`` with LiteRT, ``accuracy_tflm`` / ``accuracy_litert``
+            ``agreement`` with LiteRT's reference kernels (``agreement_xnnpack``
+            with its default ones), ``accuracy_tflm`` / ``accuracy_litert``
             when labels are known, ``arena_bytes`` (the RAM a firmware gives
             TFLM, besides the file itself in flash).
         evaluation: the dict of :func:`evaluate_tflite` once run.
@@ -127,7 +128,7 @@ class ExportReport:
             lines.append(f"| TFLM check | {self.micro.get('error')} |")
         elif self.micro:
             lines.append(f"| TFLM arena (RAM) | {self.micro.get('arena_bytes')} bytes |")
-            for key in ("num_images", "agreement", "accuracy_tflm", "accuracy_litert"):
+            for key in ("num_images", "agreement", "agreement_xnnpack", "accuracy_tflm", "accuracy_litert"):
                 if key in self.micro:
                     images = "held-out" if self.micro.get("held_out", True) else "calibration"
                     lines.append(f"| TFLM check: {key} ({images} images) | {_format_value(self.micro[key])} |")
