@@ -93,16 +93,26 @@ def time_to(timeline: list[dict], target: float) -> dict | None:
     return None
 
 
-def run_seed(name: str, seed: int, args, run_dir: Path) -> dict:
-    """Trains one (recipe, seed) in ``run_dir`` (resuming a checkpoint there) and returns its record."""
+def run_seed(name: str, seed: int, args, run_dir: Path, command: str = "") -> dict:
+    """Trains one (recipe, seed) in ``run_dir`` (resuming a checkpoint there) and returns its record.
+
+    The run folder also gets ``model.weights.h5`` and a ``results.json`` as ``keras-effcnn
+    train`` writes it (final-epoch test loss and accuracy, recipe, command, commit), so a
+    seed of this benchmark can be shipped as it is (``recipes/ship.py``).
+    """
     recipe = recipes.resolve(name).replace(seed=seed)
+    commit = provenance.git_commit(ROOT)  # the code the run starts with (HEAD may move while it trains)
     model = recipes.build(recipe)
     cpu = CPUTimeline()
     load_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
     result = recipes.fit(model, args.data_dir, recipe=recipe, epochs=args.epochs, subset=args.subset,
                          track_test=True, out=run_dir, callbacks=[cpu], verbose=args.verbose,
                          save_every_steps=args.save_every_steps)
-    model.save_weights(run_dir / "model.weights.h5")  # for the robustness report and export
+    model.save_weights(run_dir / "model.weights.h5")  # for the robustness report, export and shipping
+    summary = result.to_dict()
+    summary.pop("history")
+    summary.update(command=command, commit=commit)
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     timeline = [{**wall, **c} for wall, c in zip(result.timeline, cpu.records)]
     cores = _tf_threads() if keras.config.backend() == "tensorflow" else os.cpu_count()
     return {
@@ -123,7 +133,7 @@ def run_seed(name: str, seed: int, args, run_dir: Path) -> dict:
         "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": provenance.git_commit(ROOT),
+        "commit": commit,
     }
 
 
@@ -296,7 +306,7 @@ def main(argv=None) -> dict:
             else:
                 print(f"{name} seed {seed}: training in {run_dir}", flush=True)
                 run_dir.mkdir(parents=True, exist_ok=True)
-                record = run_seed(name, seed, args, run_dir)
+                record = run_seed(name, seed, args, run_dir, command)
             record = add_flip_tta(record, args, run_dir)
             done.write_text(json.dumps(record, indent=2) + "\n")
             runs.append(record)

@@ -3,6 +3,9 @@
 Usage:
     python recipes/ship.py runs/mnist_1500-seed0 mnist_1500 [--log runs/mnist_1500-seed0.log]
 
+A seed folder of ``benchmarks/time_to_accuracy.py`` (``runs/tta/mnist_1500/seed0``)
+holds the same two files and ships the same way.
+
 Writes ``keras_effcnn/weights/<name>.weights.h5`` (the final epoch's weights, never a
 selected checkpoint), ``<name>.json`` (the run's results.json: recipe, command,
 seed, commit, final-epoch test metrics, per-epoch timeline, wall time) and, with
