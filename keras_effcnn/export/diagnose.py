@@ -181,7 +181,7 @@ def _explain_micro_failure(model, path: Path, named: bytes, check: dict, images:
             ops = [culprit["op"]]
             layers = [culprit["layer"]] if culprit["layer"] else []
             what = (
-                f"TensorFlow Lite Micro and LiteRT agree on only {check['agreement']:.1%} of "
+                f"TensorFlow Lite Micro and LiteRT's reference kernels agree on only {check['agreement']:.1%} of "
                 f"{check['num_images']} held-out images (< {micro.MIN_AGREEMENT:.0%}); the first op TFLM "
                 f"computes differently is {culprit['op']} (output off by {culprit['output_steps']:g} steps "
                 f"with inputs off by {culprit['input_steps']:g})"
