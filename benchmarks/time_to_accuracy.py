@@ -109,10 +109,7 @@ def run_seed(name: str, seed: int, args, run_dir: Path, command: str = "") -> di
                          track_test=True, out=run_dir, callbacks=[cpu], verbose=args.verbose,
                          save_every_steps=args.save_every_steps)
     model.save_weights(run_dir / "model.weights.h5")  # for the robustness report, export and shipping
-    summary = result.to_dict()
-    summary.pop("history")
-    summary.update(command=command, commit=commit)
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "results.json").write_text(json.dumps(result.results_record(command, commit), indent=2) + "\n")
     timeline = [{**wall, **c} for wall, c in zip(result.timeline, cpu.records)]
     cores = _tf_threads() if keras.config.backend() == "tensorflow" else os.cpu_count()
     return {

@@ -357,6 +357,14 @@ class TrainResult:
                 "params": self.params, "macs": self.macs,
                 "timeline": self.timeline, "resumed_from": self.resumed_from}
 
+    def results_record(self, command: str, commit: str) -> dict:
+        """A run's ``results.json`` (``keras-effcnn train``, ``benchmarks/time_to_accuracy.py``;
+        ``recipes/ship.py`` ships it): :meth:`to_dict` without the per-epoch history, which
+        ``keras-effcnn train`` saves apart, plus the command and the commit the run started from."""
+        record = self.to_dict()
+        record.pop("history")
+        return {**record, "command": command, "commit": commit}
+
     def time_to(self, accuracy: float) -> float | None:
         """Training seconds until the per-epoch test accuracy first reached ``accuracy`` (needs ``track_test``)."""
         for record in self.timeline or ():

@@ -78,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     model.save(out / "model.keras")
     model.save_weights(out / "model.weights.h5")
     (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
-    summary = result.to_dict()
-    summary.pop("history")
-    summary.update(command=" ".join(["keras-effcnn", "train", args.recipe] + _flags(args)), commit=commit)
+    summary = result.results_record(" ".join(["keras-effcnn", "train", args.recipe] + _flags(args)), commit)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_history(result.history, out / "curves.png", title=f"{recipe.name} (seed {recipe.seed})")
     resumed = "" if result.resumed_from is None else f", resumed from {Path(result.resumed_from).name}"
