@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def test_smoke_run_writes_a_row_keeps_it_and_checkpoints_the_run(data_dir, tmp_p
     (row,) = doc["rows"]
     assert (row["recipe"], row["seed"], row["epochs"], row["subset"]) == ("cifar10_phase1_baseline", 0, 1, 256)
     assert 0.0 <= row["test_accuracy"] <= 1.0 and row["commit"]
+    # CPU-seconds of all the process's threads: positive, at most wall time x cores.
+    assert 0.0 < row["cpu_time_s"] <= row["wall_time_s"] * (os.cpu_count() or 1) + 1.0
+    assert "| CPU time per run (s) |" in (tmp_path / "out" / "cifar10_phases.md").read_text()
     assert (tmp_path / "ck" / "cifar10" / "cifar10_phase1_baseline-seed0-e1-subset256" / "checkpoints").is_dir()
     assert (tmp_path / "out" / "models" / "cifar10_phase1_baseline-seed0-e1.weights.h5").is_file()
     # A second call finds the row and trains nothing.
