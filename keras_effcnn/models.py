@@ -502,7 +502,9 @@ def load_weights(model: keras.Model, weights: str | os.PathLike, *, builder: str
     Args:
         model: a zoo model.
         weights: a preset name or alias (``keras_effcnn.presets``), a
-            ``.weights.h5`` file of the same architecture, or a ``.keras`` file.
+            ``.weights.h5`` file of the same architecture, a ``.keras`` file, or a
+            training run's checkpoint (a ``ckpt-*.npz`` file, or its ``checkpoints``
+            folder for the newest one; the model must match it exactly).
         builder: the zoo builder ``model`` was made by (default: its name, when
             that is a builder's), to name a preset of another model clearly.
         options: the builder options ``model`` was made with.
@@ -533,9 +535,15 @@ def load_weights(model: keras.Model, weights: str | os.PathLike, *, builder: str
     else:
         path = Path(weights)
         label = f"weights file {path}"
+        if path.is_dir() or (path.suffix == ".npz" and path.is_file()):
+            from keras_effcnn.callbacks.checkpoint import load_weights as load_checkpoint
+
+            load_checkpoint(model, path)
+            return
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist; pass a preset "
-                                    f"({presets.list_presets()}) or a .weights.h5 / .keras file")
+                                    f"({presets.list_presets()}), a .weights.h5 / .keras file or a run's "
+                                    "checkpoint (.npz, or its checkpoints folder)")
         if path.suffix == ".keras":
             source = load_model(path, compile=False)
         else:

@@ -195,6 +195,48 @@ def test_in_process_resume_restores_optimizer_schedule_dropout_metrics_and_timel
 
 
 @pytest.mark.backend_neutral
+def test_load_weights_gives_the_model_of_the_checkpointed_epoch(tmp_path):
+    import keras
+
+    from keras_effcnn.callbacks.checkpoint import CheckpointError, list_checkpoints, load_weights
+
+    trained, _, _ = _tiny_run(tmp_path / "run", epochs=2)
+    x = np.random.default_rng(5).normal(size=(16, 6)).astype("float32")
+    fresh = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.BatchNormalization(), keras.layers.Dropout(0.2), keras.layers.Dense(3)])
+    assert not np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0))
+    ckpt = load_weights(fresh, tmp_path / "run")  # the folder: its newest checkpoint, the end of epoch 2
+    assert (ckpt.epoch, ckpt.batch) == (2, 0)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), trained.predict(x, verbose=0))
+    earlier = [p for p in list_checkpoints(tmp_path / "run") if p.name != ckpt.path.name][-1]
+    assert load_weights(fresh, earlier).path == earlier
+    assert not np.allclose(fresh.predict(x, verbose=0), trained.predict(x, verbose=0))
+    with pytest.raises(CheckpointError, match="no checkpoint files"):
+        load_weights(fresh, tmp_path)
+    other = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    with pytest.raises(CheckpointError, match="different model"):
+        load_weights(other, ckpt)
+
+
+@pytest.mark.backend_neutral
+def test_a_recipe_builds_with_a_runs_checkpoint_as_its_weights(tmp_path):
+    from keras_effcnn import recipes
+    from keras_effcnn.callbacks.checkpoint import ResumableCheckpoint
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    model = recipes.build("mnist_1500")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[ResumableCheckpoint(tmp_path / "ck", verbose=0)])
+    # The CLI's --weights takes the folder or the file, as it takes a .weights.h5.
+    for weights in (tmp_path / "ck", next((tmp_path / "ck").glob("ckpt-*.npz"))):
+        loaded = recipes.build("mnist_1500", weights=weights)
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        recipes.build("mnist_1500", weights=tmp_path / "missing.weights.h5")
+
+
+@pytest.mark.backend_neutral
 def test_timeline_clock_accumulates_across_processes(monkeypatch):
     import types
 

@@ -217,6 +217,44 @@ def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     return None
 
 
+def load_weights(model: keras.Model, checkpoint: "str | os.PathLike | Checkpoint") -> Checkpoint:
+    """Sets ``model``'s variables (weights and BatchNorm statistics) to a checkpoint's.
+
+    The optimizer and callback states are not touched: this is for evaluating or
+    exporting the model as it was at that point of a run (a run stopped early, or
+    the final epoch of a run whose script saved nothing else).
+
+    Args:
+        model: a built model of the same architecture as the run's.
+        checkpoint: a checkpoint file, a folder of them (its newest intact one is used)
+            or a :class:`Checkpoint`.
+
+    Returns:
+        The checkpoint that was loaded (``.epoch`` says how many epochs it had trained).
+
+    Raises:
+        CheckpointError: there is no checkpoint, it is damaged, or it belongs to another model.
+
+    Example:
+
+    ```python
+    model = keras_effcnn.recipes.mnist_1500()
+    ckpt = load_weights(model, "runs/mnist_1500/checkpoints")   # its newest epoch
+    ```
+    """
+    if not isinstance(checkpoint, Checkpoint):
+        path = Path(checkpoint)
+        if path.is_dir():
+            found = latest_checkpoint(path)
+            if found is None:
+                raise CheckpointError(f"no checkpoint files (ckpt-e*-b*.npz) in {path}")
+            checkpoint = found
+        else:
+            checkpoint = read_checkpoint(path)
+    _assign(model.variables, checkpoint.group("model"), "model", checkpoint.path)
+    return checkpoint
+
+
 # ----------------------------------------------------------------------------- callback state
 
 
@@ -569,4 +607,4 @@ def resume_callbacks(out_dir: str | os.PathLike, callbacks: Sequence[Any] = (), 
 
 
 __all__ = ["ResumableCheckpoint", "resume_callbacks", "CheckpointError", "Checkpoint", "read_checkpoint",
-           "write_checkpoint", "latest_checkpoint", "list_checkpoints", "FORMAT_VERSION"]
+           "write_checkpoint", "latest_checkpoint", "list_checkpoints", "load_weights", "FORMAT_VERSION"]

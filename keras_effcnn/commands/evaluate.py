@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from keras_effcnn import presets
-from keras_effcnn.commands import add_data_args, guess_dataset, load_model
+from keras_effcnn.commands import WEIGHTS_HELP, add_data_args, guess_dataset, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               "or (with --tflite) an exported .tflite file run by the LiteRT interpreter.")
     p.add_argument("model", nargs="?", default=None,
                    help="a .keras file, or a recipe name / .json (then --weights is required)")
-    p.add_argument("--weights", default=None, help="weights for a recipe: 'mnist', 'cifar10' or a .weights.h5 file")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--tflite", default=None, help="evaluate this .tflite file with ai_edge_litert")
     p.add_argument("--dataset", default=None, choices=sorted(presets.DATASETS),
                    help="dataset (default: the recipe's, or guessed from the input shape)")

@@ -24,7 +24,7 @@ import platform
 import sys
 from pathlib import Path
 
-from keras_effcnn.commands import add_data_args, class_names, guess_dataset, load_model
+from keras_effcnn.commands import WEIGHTS_HELP, add_data_args, class_names, guess_dataset, load_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,8 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "<stem>.report.json / <stem>.report.md.")
     p.add_argument("model", metavar="MODEL_OR_RECIPE",
                    help="a .keras file, or a recipe name / recipe .json (then --weights is required)")
-    p.add_argument("--weights", default=None,
-                   help="weights for a recipe: 'mnist', 'cifar10' or a .weights.h5 / .keras file")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--quantize", default="int8", choices=("none", "float16", "dynamic", "int8"),
                    help="none: float32; float16: half-size weights; dynamic: int8 weights, float activations; "
                    "int8: full integer, calibrated on training images (default: int8)")

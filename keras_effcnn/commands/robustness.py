@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from keras_effcnn import presets
-from keras_effcnn.commands import add_data_args
+from keras_effcnn.commands import WEIGHTS_HELP, add_data_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "of an image get the same prediction (Zhang 2019). Writes robustness.json, robustness.md "
                     "and robustness.png to --out.")
     p.add_argument("model", help="a .keras file, or a recipe name / recipe .json with --weights")
-    p.add_argument("--weights", default=None, help="weights for a recipe: 'mnist', 'cifar10' or a file")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     p.add_argument("--dataset", default=None, choices=sorted(presets.DATASETS),
                    help="test set (default: the recipe's, or guessed from the model's input shape)")
     p.add_argument("--n", type=int, default=2000, help="number of test images, from the start of the test set")
