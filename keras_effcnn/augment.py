@@ -1,5 +1,5 @@
 """Batched, vectorized, reproducible ``tf.data`` augmentations: Mixup, Cutout,
-random crop + horizontal flip (CIFAR) and random shift (MNIST).
+random crop + horizontal flip (CIFAR), random shift (MNIST) and random brightness.
 
 Each factory returns a callable to ``map`` over a *batched* dataset of
 ``(images, labels[, sample_weight])`` with images ``[batch, height, width,
@@ -208,6 +208,25 @@ class RandomCropFlip(Augmentation):
         return images, labels
 
 
+class RandomBrightness(Augmentation):
+    """Add one random offset to every pixel of an image; see :func:`random_brightness`."""
+
+    def __init__(self, max_delta: float, seed: int | None = None):
+        if not 0 < max_delta <= 1:
+            raise ValueError(f"`max_delta` must be in (0, 1] (images are in [0, 1]); received max_delta={max_delta!r}.")
+        super().__init__(seed)
+        self.max_delta = float(max_delta)
+
+    def stateless(self, images, labels, seed):
+        _static_hw(images, "random_brightness")
+        if not images.dtype.is_floating:
+            raise ValueError(f"random_brightness expects float images in [0, 1]; received dtype {images.dtype.name}. "
+                             "Scale integer images to [0, 1] first.")
+        delta = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], seed, minval=-self.max_delta,
+                                            maxval=self.max_delta, dtype=images.dtype)
+        return tf.clip_by_value(images + delta, 0.0, 1.0), labels
+
+
 def mixup(alpha: float = 0.2, mode: str = "batch", seed: int | None = None) -> Mixup:
     """Mixup for batched ``(images, one_hot_labels)``.
 
@@ -317,6 +336,31 @@ def random_shift(max_shift: int = 2, seed: int | None = None) -> RandomCropFlip:
     return RandomCropFlip(max_shift, flip=False, mode="constant", seed=seed)
 
 
+def random_brightness(max_delta: float, seed: int | None = None) -> RandomBrightness:
+    """Random brightness: ``x -> clip(x + delta, 0, 1)`` with ``delta ~ U(-max_delta, max_delta)`` per image.
+
+    The same offset is added to every pixel and channel of an image, then the image is
+    clipped to ``[0, 1]``, as ``keras.layers.RandomBrightness(max_delta, value_range=(0, 1))``
+    does. On a grayscale image this is the same kind of change as the robustness report's
+    brightness corruption (``keras_effcnn.robustness``: HSV value ``V -> min(V + c, 1)``), so a
+    model trained with it is no longer tested out of distribution by that column.
+
+    Args:
+        max_delta: largest offset, in ``(0, 1]`` of the image range.
+        seed: seed of the augmentation stream.
+
+    Returns:
+        A :class:`RandomBrightness` map function.
+
+    Example:
+        >>> ds = tf.data.Dataset.from_tensor_slices((tf.zeros([4, 8, 8, 1]), tf.zeros([4, 2])))
+        >>> x, _ = next(iter(ds.batch(4).map(random_brightness(0.2, seed=0))))
+        >>> bool(tf.reduce_all(x <= 0.2))
+        True
+    """
+    return RandomBrightness(max_delta, seed)
+
+
 def apply(ds: tf.data.Dataset, *augmentations: Augmentation, num_parallel_calls: int | None = None) -> tf.data.Dataset:
     """Map augmentations, in order, over a batched dataset of ``(images, labels[, w])``.
 
@@ -363,9 +407,11 @@ __all__ = [
     "Mixup",
     "Cutout",
     "RandomCropFlip",
+    "RandomBrightness",
     "mixup",
     "cutout",
     "random_crop_flip",
     "random_shift",
+    "random_brightness",
     "apply",
 ]

@@ -73,6 +73,8 @@ class Recipe:
         flip: random horizontal flips.
         mixup_alpha: Beta(alpha, alpha) of Mixup (0 disables it).
         cutout_length: side of the Cutout square (0 disables it).
+        brightness: largest random brightness offset per image, in ``[0, 1)`` of the
+            image range (``augment.random_brightness``; 0 disables it).
         swa_start: fraction of the epochs after which SWA starts averaging (None disables SWA).
         precise_bn: recompute the BatchNorm statistics exactly over the training set
             at the end of the last epoch (``callbacks.PreciseBN``; SWA does it anyway).
@@ -105,6 +107,7 @@ class Recipe:
     flip: bool = False
     mixup_alpha: float = 0.0
     cutout_length: int = 0
+    brightness: float = 0.0
     swa_start: float | None = None
     precise_bn: bool = False
     sam_rho: float = 0.0
@@ -130,6 +133,7 @@ class Recipe:
         _check(self.crop_padding >= 0, "crop_padding", self.crop_padding, ">= 0")
         _check(self.mixup_alpha >= 0, "mixup_alpha", self.mixup_alpha, ">= 0 (0 disables Mixup)")
         _check(self.cutout_length >= 0, "cutout_length", self.cutout_length, ">= 0 (0 disables Cutout)")
+        _check(0 <= self.brightness < 1, "brightness", self.brightness, "[0, 1) (0 disables it)")
         _check(self.swa_start is None or 0 <= self.swa_start < 1, "swa_start", self.swa_start,
                "a fraction of the epochs in [0, 1), or None")
         _check(self.sam_rho >= 0, "sam_rho", self.sam_rho, ">= 0 (0 disables SAM)")
@@ -314,6 +318,8 @@ def augmentations(recipe: Recipe) -> list[Callable]:
     fns: list[Callable] = []
     if recipe.crop_padding or recipe.flip:
         fns.append(augment.random_crop_flip(padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed))
+    if recipe.brightness:
+        fns.append(augment.random_brightness(recipe.brightness, seed=recipe.seed + 3))
     if recipe.cutout_length:
         fns.append(augment.cutout(recipe.cutout_length, seed=recipe.seed + 1))
     if recipe.mixup_alpha:

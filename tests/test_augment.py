@@ -1,4 +1,4 @@
-"""Mixup, Cutout, crop+flip and shift against NumPy references and invariants read
+"""Mixup, Cutout, crop+flip, shift and brightness against NumPy references and invariants read
 from their output (never from their own samplers). Label smoothing on mixed targets is
 checked through the recipe's compiled loss in test_recipe_wiring.py."""
 
@@ -98,6 +98,7 @@ def _image_ds(n=24, size=8, classes=4, seed=0):
         lambda s: augment.mixup(0.3, seed=s),
         lambda s: augment.cutout(3, seed=s),
         lambda s: augment.random_crop_flip(2, seed=s),
+        lambda s: augment.random_brightness(0.3, seed=s),
     ],
 )
 def test_seeded_streams_are_reproducible_and_seed_dependent(factory):
@@ -263,6 +264,8 @@ def test_pipeline_on_real_cifar_keeps_range_and_label_mass(data_dir):
         (lambda: augment.random_crop_flip(-1), "padding"),
         (lambda: augment.random_crop_flip(2, mode="wrap"), "mode"),
         (lambda: augment.random_shift(-2), "max_shift"),
+        (lambda: augment.random_brightness(0.0), "max_delta"),
+        (lambda: augment.random_brightness(1.5), "max_delta"),
     ],
 )
 def test_bad_arguments_raise(make, name):
@@ -280,6 +283,33 @@ def test_bad_arguments_raise(make, name):
 def test_shape_dependent_checks_fire_when_the_map_is_traced(aug, name):
     with pytest.raises(ValueError, match=name):
         _image_ds(size=8).map(aug())
+
+
+# -- Brightness ---------------------------------------------------------------------
+def test_random_brightness_adds_one_bounded_offset_per_image_then_clips():
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0.2, 0.8, (256, 6, 6, 3)).astype("float32")  # far from the clip bounds...
+    images[:, 0, 0, :] = [0.0, 1.0, 0.5]  # ...except one pixel per image at each bound
+    out, labels = augment.random_brightness(0.15, seed=4).stateless(tf.constant(images), tf.zeros([256, 2]),
+                                                                    tf.constant([1, 2]))
+    out = out.numpy()
+    assert out.min() >= 0.0 and out.max() <= 1.0 and labels.shape == (256, 2)
+    diff = out - images
+    delta = diff[:, 1:, :, :].reshape(256, -1)
+    # One offset per image, the same on every pixel and channel that was not clipped.
+    np.testing.assert_allclose(delta, delta[:, :1].repeat(delta.shape[1], 1), atol=1e-6)
+    d = delta[:, 0]
+    assert np.abs(d).max() <= 0.15 + 1e-6
+    # Uniform on [-0.15, 0.15]: mean 0 and sd 0.15 / sqrt(3) within sampling error, both signs reached.
+    assert abs(d.mean()) < 4 * 0.15 / np.sqrt(3) / np.sqrt(256)
+    assert abs(d.std() - 0.15 / np.sqrt(3)) < 0.015 and d.min() < -0.12 and d.max() > 0.12
+    # The pixels at the bounds are clipped exactly as NumPy clips x + d.
+    np.testing.assert_allclose(out[:, 0, 0, :], np.clip(images[:, 0, 0, :] + d[:, None], 0, 1), atol=1e-6)
+
+
+def test_random_brightness_rejects_integer_images():
+    with pytest.raises(ValueError, match="float images"):
+        augment.random_brightness(0.1).stateless(tf.zeros([2, 4, 4, 1], tf.uint8), tf.zeros([2, 2]), tf.constant([0, 1]))
 
 
 def test_mixup_rejects_integer_labels_and_unbatched_images():

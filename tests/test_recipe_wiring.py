@@ -260,7 +260,7 @@ def test_compiled_loss_smooths_mixups_soft_targets():
 
 def _only(recipe: recipes.Recipe, **fields) -> list:
     """``recipes.augmentations`` of the recipe with every other augmentation switched off."""
-    off = dict(crop_padding=0, flip=False, cutout_length=0, mixup_alpha=0.0)
+    off = dict(crop_padding=0, flip=False, cutout_length=0, mixup_alpha=0.0, brightness=0.0)
     return recipes.augmentations(recipe.replace(**{**off, **fields}))
 
 
@@ -282,7 +282,8 @@ def _shape(recipe):
 @pytest.mark.parametrize("name", NAMES)
 def test_augmentations_are_exactly_the_enabled_fields(name):
     recipe = _recipe(name)
-    enabled = bool(recipe.crop_padding or recipe.flip) + bool(recipe.cutout_length) + bool(recipe.mixup_alpha)
+    enabled = (bool(recipe.crop_padding or recipe.flip) + bool(recipe.cutout_length) + bool(recipe.mixup_alpha)
+               + bool(recipe.brightness))
     fns = recipes.augmentations(recipe)
     assert len(fns) == enabled, name
     h, w, c = _shape(recipe)
@@ -290,6 +291,17 @@ def test_augmentations_are_exactly_the_enabled_fields(name):
     out, _ = _apply(fns, images, _one_hot(8))
     if not enabled:
         np.testing.assert_array_equal(out, images)
+
+
+def test_brightness_field_offsets_each_image_by_at_most_its_value():
+    recipe = _recipe("mnist_1500").replace(brightness=0.2, crop_padding=0)
+    fns = recipes.augmentations(recipe)
+    assert len(fns) == 1
+    images = np.full((256, 28, 28, 1), 0.5, np.float32)
+    out, _ = _apply(fns, images, _one_hot(256))
+    delta = out[:, 0, 0, 0] - 0.5
+    np.testing.assert_allclose(out, delta[:, None, None, None] + images, atol=1e-6)  # one offset per image
+    assert np.abs(delta).max() <= 0.2 + 1e-6 and delta.min() < -0.15 and delta.max() > 0.15
 
 
 @pytest.mark.parametrize("name", _where(lambda r: r.crop_padding or r.flip))
