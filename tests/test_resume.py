@@ -228,8 +228,11 @@ def test_a_recipe_builds_with_a_runs_checkpoint_as_its_weights(tmp_path):
     y = rng.integers(0, 10, 32)
     model = recipes.build("mnist_1500")
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[ResumableCheckpoint(tmp_path / "ck", verbose=0)])
-    # The CLI's --weights takes the folder or the file, as it takes a .weights.h5.
-    for weights in (tmp_path / "ck", next((tmp_path / "ck").glob("ckpt-*.npz"))):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "ck").rename(tmp_path / "run" / "checkpoints")
+    # The run folder, its checkpoints folder or one file, as --weights takes a .weights.h5.
+    for weights in (tmp_path / "run", tmp_path / "run" / "checkpoints",
+                    next((tmp_path / "run" / "checkpoints").glob("ckpt-*.npz"))):
         loaded = recipes.build("mnist_1500", weights=weights)
         np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     with pytest.raises(FileNotFoundError, match="checkpoint"):

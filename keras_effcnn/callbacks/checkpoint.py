@@ -226,8 +226,8 @@ def load_weights(model: keras.Model, checkpoint: "str | os.PathLike | Checkpoint
 
     Args:
         model: a built model of the same architecture as the run's.
-        checkpoint: a checkpoint file, a folder of them (its newest intact one is used)
-            or a :class:`Checkpoint`.
+        checkpoint: a checkpoint file, a folder of them (its newest intact one is used),
+            a run's output folder holding such a ``checkpoints`` folder, or a :class:`Checkpoint`.
 
     Returns:
         The checkpoint that was loaded (``.epoch`` says how many epochs it had trained).
@@ -245,6 +245,8 @@ def load_weights(model: keras.Model, checkpoint: "str | os.PathLike | Checkpoint
     if not isinstance(checkpoint, Checkpoint):
         path = Path(checkpoint)
         if path.is_dir():
+            if not list_checkpoints(path) and (path / "checkpoints").is_dir():
+                path = path / "checkpoints"  # a run's --out folder
             found = latest_checkpoint(path)
             if found is None:
                 raise CheckpointError(f"no checkpoint files (ckpt-e*-b*.npz) in {path}")

@@ -9,7 +9,7 @@ from keras_effcnn import presets
 
 #: ``--weights`` of the commands that take a recipe: one help text for all of them.
 WEIGHTS_HELP = ("weights for a recipe: 'mnist', 'cifar10', a .weights.h5 / .keras file, or a run's checkpoint "
-                "(its checkpoints folder for the newest, or one ckpt-*.npz)")
+                "(its --out or checkpoints folder for the newest, or one ckpt-*.npz)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
