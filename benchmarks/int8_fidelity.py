@@ -15,8 +15,8 @@
    int16 activations and int8 weights (TFLite's 16x8 mode) against the int8 file, both
    compared with Keras image by image on the 5,000 training images of (2): if 16x8 agrees
    with Keras far more often, the activations' rounding (not the weights') is what
-   quantization-aware training would have to absorb. (16x8 is not an export option: TFLM's
-   MIRROR_PAD, used by BlurPool, does not run it.)
+   quantization-aware training would have to absorb. Each file's size and whether TFLM runs
+   it are recorded (16x8 is not an export option: TFLM stops at BlurPool's MIRROR_PAD).
 
 Usage::
 
@@ -111,7 +111,13 @@ def activation_precision(data_dir, n: int = 5_000) -> list[dict]:
             path = work / "model.tflite"
             path.write_bytes(_converter(model, calibration, work, ops).convert())
             top1 = export.run_tflite(path, xs, kernels="builtin").argmax(1)
-            rows.append(dict(mode=name, train_images=n, agreement_with_keras=float(np.mean(top1 == keras_top1))))
+            try:
+                micro.run_micro(path, xs[:10])
+                tflm = "runs"
+            except Exception as err:  # noqa: BLE001 - recorded: which op TFLM refuses
+                tflm = f"fails: {type(err).__name__}: {err}"
+            rows.append(dict(mode=name, train_images=n, agreement_with_keras=float(np.mean(top1 == keras_top1)),
+                             size_bytes=path.stat().st_size, tflm=tflm))
     return rows
 
 
@@ -151,9 +157,10 @@ def to_markdown(doc: dict) -> str:
     lines += [f"| {r['calibration_images']:,} | {r['train_images']:,} | {r['keras_accuracy']:.4f} | "
               f"{r['int8_reference_accuracy']:.4f} | {r['int8_xnnpack_accuracy']:.4f} |" for r in doc["calibration"]]
     lines += ["", "`cifar10_140k`, which half of int8 costs agreement with Keras (top-1, the same 5,000 training "
-              "images; LiteRT builtin kernels):", "", "| quantization | training images | top-1 agreement with Keras |",
-              "|---|---:|---:|"]
-    lines += [f"| {r['mode']} | {r['train_images']:,} | {r['agreement_with_keras']:.4f} |" for r in doc["precision"]]
+              "images; LiteRT builtin kernels):", "",
+              "| quantization | training images | top-1 agreement with Keras | file bytes | TFLM |", "|---|---:|---:|---:|---|"]
+    lines += [f"| {r['mode']} | {r['train_images']:,} | {r['agreement_with_keras']:.4f} | {r['size_bytes']:,} | "
+              f"{r['tflm']} |" for r in doc["precision"]]
     layers = doc["layers"]
     worst = max(layers, key=lambda r: r["rmse_steps"])
     lines += ["", "`cifar10_140k`, each quantized tensor's error against the float model fed the same int8 inputs, "
