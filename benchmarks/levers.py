@@ -233,10 +233,11 @@ mis-broadcast its gate when it was reshaped from 2-D). XLA for the tiny MNIST ne
 (`compile(jit_compile=True)`, 2026-12-01, train steps interleaved, 5 rounds of 20, beside a training job):
 effcnn_mnist 6.1x (batch 64) and 9.3x (batch 256) slower per CPU-second, the stock separable reference 4.2x
 slower (not profiled; XLA's depthwise convolutions were the slow part on CIFAR-10): not adopted. Where the
-MNIST step goes (2026-12-01, process CPU ms at batch 64, medians of 3 rounds, niced beside a training job):
+MNIST step goes (2026-12-01, process CPU ms per step at batch 64, means of 80 steps in each of 3 rounds, niced beside a training job):
 the whole `train_on_batch` 24-29, forward + backward alone 23-26, SGD's update of all 28 variables 0.4-0.9,
 so the optimizer is not the lever. A depthwise 3x3 convolution run as a dense `conv2d` with a diagonal kernel
-(exactly equal) is 1.3-2.9x slower than `depthwise_conv2d` at the net's shapes (8-14 channels): not adopted."""
+(exactly equal) is 1.5-2.6x slower (medians of 3 rounds) than `depthwise_conv2d` at the net's shapes (8-14
+channels, batch 64 and 256): not adopted."""
 
 
 def main(argv=None) -> dict:
