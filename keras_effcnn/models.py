@@ -310,7 +310,8 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
                  classifier_activation: str | None = None, blurpool: bool = True, blur_filter_size: int = 3,
                  blur_padding: str = "reflect", se_ratio: float | None = None,
                  widths: Sequence[int] = (8, 12, 12, 14, 16), dropout: float = 0.0,
-                 bn_momentum: float = 0.9, half_resolution: bool = False, bn_scale: bool = True) -> keras.Model:
+                 bn_momentum: float = 0.9, half_resolution: bool = False, bn_scale: bool = True,
+                 activation: str = "relu") -> keras.Model:
     """An MNIST network under 1,500 parameters.
 
     Compared with the paper's port it drops the 1x1 transition convolutions (their
@@ -338,11 +339,18 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     accuracy (seeds 0 / 1, 10,000 held-out images) against 99.09 / 98.84 % for the
     default net (``recipes/results/development/mnist_fast_*v10k*``), so no recipe
     uses it.
+
+    ``activation`` is the nonlinearity after every BatchNorm (a Keras activation
+    name; ``"relu"`` by default). Parameter-free alternatives such as
+    ``"leaky_relu"`` or ``"hard_swish"`` keep the budget and export to builtin
+    int8 ops that TFLite Micro runs (the export's TFLM check verifies the file);
+    no recipe uses one yet.
     """
     if len(widths) != 5:
         raise ValueError(f"widths must list 5 channel counts; got {widths!r}")
     inputs, x = _input("mnist", input_shape, num_classes)
-    block = dict(bn_momentum=bn_momentum, dropout=dropout, se_ratio=se_ratio, bn_scale=bn_scale)
+    block = dict(bn_momentum=bn_momentum, dropout=dropout, se_ratio=se_ratio, bn_scale=bn_scale,
+                 activation=activation)
     a, b, c, d, e = widths
     if half_resolution:
         # The input has one channel and nothing trainable before it, so its blur is cheap
@@ -350,7 +358,7 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
         x = (BlurPool2D(filter_size=blur_filter_size, strides=2, padding="reflect", name="input_blurpool")(x)
              if blurpool else layers.AveragePooling2D(2, name="input_avgpool")(x))
     x = ConvBNAct(a, 3, padding="valid", bn_momentum=bn_momentum, dropout=dropout, bn_scale=bn_scale,
-                  name="stem")(x)
+                  activation=activation, name="stem")(x)
     x = DepthwiseSeparableBlock(b, 3, padding="valid", name="b1", **block)(x)
     if not half_resolution:
         x = _blur_downsample(x, "down1", blurpool, blur_filter_size, blur_padding)

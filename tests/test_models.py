@@ -102,6 +102,27 @@ def test_effcnn_mnist_half_resolution_keeps_the_parameters_on_a_14x14_image():
     assert models.count_macs(half) == expected
 
 
+def test_effcnn_mnist_activation_option_reaches_every_block_and_keeps_the_budget():
+    import numpy as np
+
+    default = models.build("effcnn_mnist")
+    relu = models.build("effcnn_mnist", activation="relu")
+    swish = models.build("effcnn_mnist", activation="hard_swish")
+    assert models.count_params(swish) == models.count_params(default)
+    assert models.count_macs(swish) == models.count_macs(default)
+    hard_swish = keras.activations.serialize(keras.activations.get("hard_swish"))  # Keras 3 names it hard_silu
+    for name in ("stem", "b1", "b2", "b3", "b4"):
+        assert swish.get_layer(name).get_config()["activation"] == hard_swish, name
+    # Same weights: "relu" is the default net exactly; hard_swish computes something else.
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    for model in (relu, swish):
+        model.set_weights(default.get_weights())
+    np.testing.assert_array_equal(relu.predict(x, verbose=0), default.predict(x, verbose=0))
+    assert not np.allclose(swish.predict(x, verbose=0), default.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="activation"):
+        models.build("effcnn_mnist", activation="no_such_activation")
+
+
 def test_effcnn_mnist_without_bn_scale_computes_the_same_functions():
     # Each gamma folds into the next linear layer: ReLU(g*z + b) = g * ReLU(z + b/g) for g > 0, and
     # BlurMaxPool and GAP commute with a positive per-channel scale.
