@@ -343,8 +343,11 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     ``activation`` is the nonlinearity after every BatchNorm (a Keras activation
     name; ``"relu"`` by default). Parameter-free alternatives such as
     ``"leaky_relu"`` or ``"hard_swish"`` keep the budget and export to builtin
-    int8 ops that TFLite Micro runs (the export's TFLM check verifies the file);
-    no recipe uses one yet.
+    int8 ops that TFLite Micro runs (the export's TFLM check verifies the file).
+    Screened with mnist_1500_fast on 10,000 held-out images (seeds 0-2,
+    ``recipes/results/development/mnist_fast_*_v10k_seed*.json``): final validation
+    accuracy 99.04 / 98.85 / 99.17 % with hard_swish and 99.01 / 99.00 / 99.09 % with
+    leaky_relu against 99.09 / 98.84 / 99.19 % with ReLU, so no recipe uses them.
     """
     if len(widths) != 5:
         raise ValueError(f"widths must list 5 channel counts; got {widths!r}")
