@@ -9,7 +9,40 @@ is the largest single cost of the small nets of this package.
 
 from __future__ import annotations
 
+import functools
+
 import keras
+
+
+@functools.cache
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def fused_kernel_pays(channels: int) -> bool:
+    """Whether TensorFlow's fused training kernel beats Keras' ops at this channel count.
+
+    On CPU the fused kernel (oneDNN) is vectorised over channels: for a multiple of 4
+    it is 1.2-4.8x faster than Keras' separate ops, but at other counts it falls off
+    a cliff (24x24 maps at batch 256, forward + backward: 66 CPU-ms with 10 channels
+    and 72 with 14, against 4.9 with 8 and 8.3 with 16), where Keras' ops are 2-4x
+    faster (18 and 27 CPU-ms). Measured on this project's Intel Xeon machine
+    (``benchmarks/results/levers.md``, "BatchNorm by channel count").
+    On a GPU the fused (cuDNN) kernel is used at every count.
+
+    Args:
+        channels: the normalised axis' size.
+
+    Returns:
+        True where ``FusedBatchNormalization`` should train with the fused kernel.
+
+    Example:
+        >>> fused_kernel_pays(16), fused_kernel_pays(14)  # doctest: +SKIP (True on a GPU)
+        (True, False)
+    """
+    return channels % 4 == 0 or _has_gpu()
 
 
 @keras.saving.register_keras_serializable(package="keras_effcnn")
@@ -21,9 +54,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     input without mask, renorm or synchronisation, the normalisation and its
     gradient run as TensorFlow's ``FusedBatchNormV3`` kernel, and the moving
     statistics are updated exactly as Keras does (the biased batch variance,
-    ``moving = moving * momentum + batch * (1 - momentum)``). Inference and
-    every other case run the base class, so exported ``.tflite`` graphs and
-    other backends are unchanged.
+    ``moving = moving * momentum + batch * (1 - momentum)``). Inference,
+    channel counts where the fused CPU kernel is slower than Keras' ops
+    (:func:`fused_kernel_pays`) and every other case run the base class, so
+    exported ``.tflite`` graphs and other backends are unchanged.
 
     Args:
         **kwargs: the arguments of ``keras.layers.BatchNormalization``.
@@ -47,6 +81,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             and not self.renorm
             and not self.synchronized
+            and fused_kernel_pays(int(inputs.shape[-1]))
         )
 
     def call(self, inputs, training=None, mask=None):

@@ -34,13 +34,14 @@ def _layer(channels: int, rng) -> FusedBatchNormalization:
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="gradients taken with tf.GradientTape")
-def test_training_step_matches_numpy_formulas():
+@pytest.mark.parametrize("channels", [3, 4, 14, 16])  # Keras' ops (3, 14) and the fused kernel (4, 16)
+def test_training_step_matches_numpy_formulas(channels):
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    x = (3.0 * rng.standard_normal((4, 5, 6, 3)) + 2.0).astype("float32")
+    x = (3.0 * rng.standard_normal((4, 5, 6, channels)) + 2.0).astype("float32")
     dy = rng.standard_normal(x.shape).astype("float32")
-    layer = _layer(3, rng)
+    layer = _layer(channels, rng)
     gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
     moving_mean, moving_var = np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)
 
@@ -76,10 +77,10 @@ def test_inference_uses_moving_statistics():
 
 def test_single_pixel_batch_has_zero_variance_update():
     rng = np.random.default_rng(2)
-    layer = _layer(2, rng)
+    layer = _layer(4, rng)  # 4 channels: the fused kernel, whose Bessel-corrected variance is undone here
     moving_var = np.asarray(layer.moving_variance)
-    y = layer(np.full((1, 1, 1, 2), 3.0, "float32"), training=True)
-    np.testing.assert_allclose(y, np.broadcast_to(np.asarray(layer.beta), (1, 1, 1, 2)), atol=1e-6)
+    y = layer(np.full((1, 1, 1, 4), 3.0, "float32"), training=True)
+    np.testing.assert_allclose(y, np.broadcast_to(np.asarray(layer.beta), (1, 1, 1, 4)), atol=1e-6)
     np.testing.assert_allclose(layer.moving_variance, 0.9 * moving_var, atol=1e-6)
 
 
@@ -94,3 +95,21 @@ def test_blocks_train_with_the_fused_kernel():
         tf.TensorSpec((2, 6, 6, 2), tf.float32)
     ).graph
     assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="inspects the TensorFlow graph")
+def test_fused_kernel_only_at_channel_counts_where_it_pays():
+    import tensorflow as tf
+
+    from keras_effcnn.layers.fused_batch_norm import fused_kernel_pays
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("on a GPU the fused kernel is used at every channel count")
+    for channels in (3, 4, 10, 12, 14, 16):
+        layer = FusedBatchNormalization()
+        layer.build((None, 6, 6, channels))
+        graph = tf.function(lambda x, layer=layer: layer(x, training=True)).get_concrete_function(
+            tf.TensorSpec((2, 6, 6, channels), tf.float32)
+        ).graph
+        fused = "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+        assert fused == (channels % 4 == 0) == fused_kernel_pays(channels), channels
