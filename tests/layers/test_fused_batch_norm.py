@@ -84,17 +84,22 @@ def test_single_pixel_batch_has_zero_variance_update():
     np.testing.assert_allclose(layer.moving_variance, 0.9 * moving_var, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="inspects the TensorFlow graph")
-def test_blocks_train_with_the_fused_kernel():
+def _training_op_types(layer, input_shape) -> set[str]:
+    """The op types of ``layer``'s training-mode TensorFlow graph for a float32 input."""
     import tensorflow as tf
 
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+        tf.TensorSpec(input_shape, tf.float32)
+    ).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="inspects the TensorFlow graph")
+def test_blocks_train_with_the_fused_kernel():
     block = ConvBNAct(4, 3)
     block.build((None, 6, 6, 2))
     assert isinstance(block.bn, FusedBatchNormalization)
-    graph = tf.function(lambda x: block(x, training=True)).get_concrete_function(
-        tf.TensorSpec((2, 6, 6, 2), tf.float32)
-    ).graph
-    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in _training_op_types(block, (2, 6, 6, 2))
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="inspects the TensorFlow graph")
@@ -108,8 +113,5 @@ def test_fused_kernel_only_at_channel_counts_where_it_pays():
     for channels in (3, 4, 10, 12, 14, 16):
         layer = FusedBatchNormalization()
         layer.build((None, 6, 6, channels))
-        graph = tf.function(lambda x, layer=layer: layer(x, training=True)).get_concrete_function(
-            tf.TensorSpec((2, 6, 6, channels), tf.float32)
-        ).graph
-        fused = "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+        fused = "FusedBatchNormV3" in _training_op_types(layer, (2, 6, 6, channels))
         assert fused == (channels % 4 == 0) == fused_kernel_pays(channels), channels
