@@ -12,6 +12,14 @@ test losses are the plain recipe loss. The teacher is never trained and never sa
 the student: the student's recipe keeps its path, and a resumed or reloaded student loads
 it again when it trains.
 
+Measured for the 1,494-parameter MNIST net (``recipes/develop.py``, mnist_1500_fast,
+10,000 held-out training images, ``recipes/results/development/mnist_*kd*`` and
+``mnist_teacher_*``): teachers of widths (32, 48, 48, 64, 64) trained 20 epochs on the
+same split (99.54 / 99.29 % validation accuracy, seeds 0-1), ``distill_alpha=0.5``,
+``T=4``: 99.00 / 98.80 % against 99.09 / 98.84 % without a teacher, at ~2x the step
+time. The net underfits (its training accuracy is about its test accuracy), and soft
+targets do not add capacity, so no recipe distils.
+
 Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a Neural
 Network", arXiv:1503.02531.
 """

@@ -124,7 +124,9 @@ def main(argv=None) -> int:
                    "test_accuracy": result.test_accuracy, "wall_time_s": round(result.wall_time_s, 1),
                    # CPU-seconds stay comparable when other jobs share the cores; wall seconds do not.
                    "cpu_time_s": round(result.cpu_time_s, 1),
-                   "commit": commit, "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                   "commit": commit, "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                   # A resumed run's times count from its restart only (TrainResult.wall_time_s).
+                   "resumed_from": result.resumed_from}
             if args.subset is not None:
                 row["subset"] = args.subset
             doc["rows"].append(row)
@@ -144,9 +146,11 @@ def phase_groups(doc: dict) -> list[dict]:
         key = (r["recipe"], r["epochs"], r.get("subset"))
         g = groups.setdefault(key, {"recipe": r["recipe"], "description": r["description"], "epochs": r["epochs"],
                                     "subset": r.get("subset"), "params": r["params"], "macs": r["macs"],
-                                    "accuracy": {}, "wall_time_s": [], "cpu_time_s": [], "commits": []})
+                                    "accuracy": {}, "wall_time_s": [], "cpu_time_s": [], "commits": [],
+                                    "resumed": False})
         g["accuracy"][r["seed"]] = r["test_accuracy"]
         g["wall_time_s"].append(r["wall_time_s"])
+        g["resumed"] = g["resumed"] or bool(r.get("resumed_from"))
         if r.get("cpu_time_s") is not None:  # rows written before CPU time was recorded lack it
             g["cpu_time_s"].append(r["cpu_time_s"])
         if r["commit"][:8] not in g["commits"]:
@@ -167,18 +171,20 @@ def write_table(doc: dict, path: Path) -> None:
     lines = [f"Command: `{doc['command']}`  ", f"Machine: {doc['machine']}", "",
              "Final-epoch test accuracy on the full official test set: mean ± sample standard deviation over "
              "the seeds listed (one seed: no ±). \"paper\": the paper's figure for that phase (n/r: not "
-             "recorded in this repository yet).", "",
+             "recorded in this repository yet). Times marked \"(resumed)\" count from a restart from a "
+             "checkpoint only, so they understate the run.", "",
              "| recipe | what it adds | params | MACs | epochs | seeds | final-epoch test acc. | paper | "
              "wall time per run (s) | CPU time per run (s) | commits |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for g in phase_groups(doc):
         paper = PAPER_TEST_ACCURACY.get(g["recipe"])
+        resumed = " (resumed)" if g["resumed"] else ""
         epochs = f"{g['epochs']}" + (f" (subset {g['subset']:,})" if g["subset"] else "")
         lines.append(f"| {g['recipe']} | {g['description']} | {g['params']:,} | {g['macs']:,} | {epochs} | "
                      f"{', '.join(map(str, sorted(g['accuracy'])))} | {format_accuracy(g['mean'], g['std'])} | "
                      f"{'n/r' if paper is None else f'{paper:.2f} %'} | "
-                     f"{statistics.fmean(g['wall_time_s']):.0f} | "
-                     f"{format(statistics.fmean(g['cpu_time_s']), '.0f') if g['cpu_time_s'] else 'n/r'} | "
+                     f"{statistics.fmean(g['wall_time_s']):.0f}{resumed} | "
+                     f"{format(statistics.fmean(g['cpu_time_s']), '.0f') + resumed if g['cpu_time_s'] else 'n/r'} | "
                      f"{', '.join(g['commits'])} |")
     path.write_text("\n".join(lines) + "\n")
 

@@ -123,6 +123,32 @@ def test_effcnn_mnist_activation_option_reaches_every_block_and_keeps_the_budget
         models.build("effcnn_mnist", activation="no_such_activation")
 
 
+def test_effcnn_mnist_conv_head_counts_and_computes_the_average_class_score(tmp_path):
+    a, b, c, d = widths = (8, 12, 16, 16)
+    model = models.build("effcnn_mnist", head="conv", widths=widths)
+    # Hand count: stem 3x3 conv + BN; each DW-separable block 9*C_in + 2*C_in + C_in*C_out + 2*C_out;
+    # the head's depthwise 9*d + BN 2*d and its 1x1 convolution with biases d*10 + 10; no dense layer.
+    blocks = sum(11 * cin + cin * cout + 2 * cout for cin, cout in ((a, b), (b, c), (c, d)))
+    assert models.count_params(model)["trainable"] == 11 * a + blocks + 21 * d + 10 <= 1500
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        variable.assign((0.5 * rng.standard_normal(variable.shape)).astype("float32"))
+    x = rng.uniform(0, 1, (4, 28, 28, 1)).astype("float32")
+    features = keras.Model(model.inputs, model.get_layer("b4_depthwise_act").output).predict(x, verbose=0)
+    scores = model.get_layer("class_scores")
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in (scores.kernel, scores.bias))
+    # A linear 1x1 convolution then GAP is the dense layer on the pooled features (NumPy reference).
+    expected = features.mean(axis=(1, 2)) @ kernel[0, 0] + bias
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras").predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="4 channel counts"):
+        models.build("effcnn_mnist", head="conv")  # the default 5 widths belong to the dense head
+    with pytest.raises(ValueError, match="head"):
+        models.build("effcnn_mnist", head="mlp")
+
+
 def test_effcnn_mnist_without_bn_scale_computes_the_same_functions():
     # Each gamma folds into the next linear layer: ReLU(g*z + b) = g * ReLU(z + b/g) for g > 0, and
     # BlurMaxPool and GAP commute with a positive per-channel scale.

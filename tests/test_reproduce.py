@@ -53,6 +53,7 @@ def test_smoke_run_writes_a_row_keeps_it_and_checkpoints_the_run(data_dir, tmp_p
     (row,) = doc["rows"]
     assert (row["recipe"], row["seed"], row["epochs"], row["subset"]) == ("cifar10_phase1_baseline", 0, 1, 256)
     assert 0.0 <= row["test_accuracy"] <= 1.0 and row["commit"]
+    assert row["resumed_from"] is None  # a fresh run: its times are the whole run's
     # CPU-seconds of all the process's threads: positive, at most wall time x cores.
     assert 0.0 < row["cpu_time_s"] <= row["wall_time_s"] * (os.cpu_count() or 1) + 1.0
     assert "| CPU time per run (s) |" in (tmp_path / "out" / "cifar10_phases.md").read_text()
@@ -66,3 +67,19 @@ def test_smoke_run_writes_a_row_keeps_it_and_checkpoints_the_run(data_dir, tmp_p
 def test_subset_runs_may_not_write_into_the_committed_results(data_dir):
     with pytest.raises(SystemExit):
         reproduce.main(["--dataset", "cifar10", "--subset", "256", "--data-dir", str(data_dir)])
+
+
+def test_table_marks_the_times_of_resumed_runs(tmp_path):
+    # A resumed run's TrainResult times count from its restart: the table must not pass them off as whole runs.
+    def row(recipe, seed, resumed_from):
+        return {"recipe": recipe, "description": "d", "seed": seed, "epochs": 30, "params": 1, "macs": 1,
+                "test_accuracy": 0.9, "wall_time_s": 100.0, "cpu_time_s": 180.0, "commit": "abcdef12",
+                "resumed_from": resumed_from}
+    doc = {"command": "c", "machine": "m",
+           "rows": [row("cifar10_phase1_baseline", 0, None), row("cifar10_phase2_blurpool", 0, "ck/ckpt-e000003"),
+                    {k: v for k, v in row("cifar10_phase3_se", 0, None).items() if k != "resumed_from"}]}
+    reproduce.write_table(doc, tmp_path / "t.md")
+    lines = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "t.md").read_text().splitlines()
+             if line.startswith("| cifar10_phase")}
+    assert "| 100 (resumed) | 180 (resumed) |" in lines["cifar10_phase2_blurpool"]
+    assert "(resumed)" not in lines["cifar10_phase1_baseline"] and "(resumed)" not in lines["cifar10_phase3_se"]
