@@ -41,8 +41,9 @@ import keras
 from keras import layers
 
 from keras_effcnn import presets
-from keras_effcnn.layers import BlurPool2D, ConvBNAct, DepthwiseSeparableBlock, FusedBatchNormalization
-from keras_effcnn.layers._validation import check, check_choice, check_int
+from keras_effcnn.layers import BlurPool2D, ConvBNAct, DepthwiseSeparableBlock
+from keras_effcnn.layers._validation import check, check_choice, check_int, resolve_activation
+from keras_effcnn.layers.conv_bn_act import apply_norm_act, make_norm_act
 
 logger = logging.getLogger("keras_effcnn")
 
@@ -363,9 +364,9 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
     is worth more than the width it pays for, so no recipe uses it.
     """
     check_choice("head", head, ("dense", "conv"))
-    if len(widths) != (4 if head == "conv" else 5):
-        raise ValueError(f"widths must list {4 if head == 'conv' else 5} channel counts with head={head!r}; "
-                         f"got {widths!r}")
+    n_widths = 4 if head == "conv" else 5
+    if len(widths) != n_widths:
+        raise ValueError(f"widths must list {n_widths} channel counts with head={head!r}; got {widths!r}")
     inputs, x = _input("mnist", input_shape, num_classes)
     block = dict(bn_momentum=bn_momentum, dropout=dropout, se_ratio=se_ratio, bn_scale=bn_scale,
                  activation=activation)
@@ -390,8 +391,9 @@ def effcnn_mnist(input_shape=None, num_classes: int = 10, *, include_top: bool =
         if head == "conv":
             # The last block without its pointwise BN/act: a linear 1x1 convolution to the classes.
             x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="b4_depthwise")(x)
-            x = FusedBatchNormalization(momentum=bn_momentum, epsilon=1e-5, scale=bn_scale, name="b4_depthwise_bn")(x)
-            x = layers.Activation(activation, name="b4_depthwise_act")(x)
+            norm, act = make_norm_act(resolve_activation("activation", activation)[0], bn_momentum, 1e-5, None,
+                                      "b4_depthwise_", scale=bn_scale)
+            x = apply_norm_act(x, norm, act, "bn_act")
             x = layers.Conv2D(num_classes, 1, name="class_scores")(x)
             return layers.GlobalAveragePooling2D(name="logits")(x)
         x = layers.GlobalAveragePooling2D(name="gap")(x)
